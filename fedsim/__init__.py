@@ -1,0 +1,7 @@
+"""fedsim: a federated learning simulator built on Flower.
+
+Simulate many clients on one machine, deploy the same clients as real processes across
+hosts, and compare strategies in TensorBoard.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""The Flower apps: one ``ServerApp`` and one ``ClientApp`` for every runtime.
+
+``server_app`` and ``client_app`` (named in ``pyproject.toml``'s ``[tool.flwr.app]``)
+read the experiment from ``context.run_config``:
+
+* ``fedsim-config`` — the whole resolved configuration as JSON (what ``fedsim run``
+  passes), or
+* ``overrides`` — fedsim overrides as one string (``"rounds=5 strategy=fedprox"``),
+  composed with Hydra exactly like ``fedsim run`` (what ``flwr run .`` passes).
+
+``make_server_app`` / ``make_client_app`` bind a run configuration for runtimes that
+cannot pass one through ``run_config`` (Flower's Python simulation entry point).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.conf import compose, from_json, to_json
+from fedsim.config import RunConfig
+from fedsim.payloads import EvalIns, Identity, TrainIns
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "fedsim-config"
+OVERRIDES_KEY = "overrides"
+RUN_DIR_KEY = "run-dir"
+PARTITION_KEY = "partition-id"
+
+_PARSED: dict[str, tuple[RunConfig, str]] = {}
+
+
+def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, str]:
+    """The typed config and its JSON (the cache key) from a Flower run config."""
+    if CONFIG_KEY in run_config:
+        text = str(run_config[CONFIG_KEY])
+    else:
+        text = "overrides:" + str(run_config.get(OVERRIDES_KEY, ""))
+    hit = _PARSED.get(text)
+    if hit is None:
+        if text.startswith("overrides:"):
+            cfg = compose(shlex.split(text.removeprefix("overrides:")))
+            hit = (cfg, to_json(cfg))
+        else:
+            hit = (from_json(text), text)
+        _PARSED[text] = hit
+    return hit
+
+
+def _merged(context: Context, bound: Mapping[str, Any] | None) -> dict[str, Any]:
+    rc = dict(context.run_config)
+    if bound:
+        rc.update(bound)
+    return rc
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def _client(msg_context: Context, bound: Mapping[str, Any] | None) -> Any:
+    from clients.base import client_env
+    from strategies import REGISTRY
+
+    cfg, key = config_from_run_config(_merged(msg_context, bound))
+    env = client_env(cfg, key)
+    pid = int(msg_context.node_config[PARTITION_KEY])
+    return REGISTRY[cfg.strategy.name].client_class()(env, pid, msg_context.state)
+
+
+def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp; ``bound`` entries override the context's run config."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        client = _client(context, bound)
+        res = client.fit(TrainIns.from_record(msg.content))
+        return Message(res.to_record(), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        client = _client(context, bound)
+        res = client.evaluate(EvalIns.from_record(msg.content))
+        return Message(res.to_record(), reply_to=msg)
+
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        return Message(Identity(int(context.node_config[PARTITION_KEY])).to_record(), reply_to=msg)
+
+    return app
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def make_server_app(bound: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose ``main`` runs :func:`fedsim.server.run_experiment`."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedsim.server import run_dir_for, run_experiment
+
+        rc = _merged(context, bound)
+        cfg, _ = config_from_run_config(rc)
+        run_dir = Path(str(rc[RUN_DIR_KEY])) if RUN_DIR_KEY in rc else run_dir_for(cfg)
+        final = run_experiment(grid, cfg, run_dir)
+        log.info("run finished: %s", {k: v for k, v in final.items() if k.startswith("eval/acc")})
+
+    return app
+
+
+server_app = make_server_app()
+client_app = make_client_app()

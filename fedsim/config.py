@@ -1,0 +1,259 @@
+"""Structured configuration: one dataclass per component, registered in Hydra's ConfigStore.
+
+The composed run configuration (:class:`RunConfig`) has the groups ``scenario``,
+``strategy``, ``backbone`` and ``runtime`` (chosen by name on the command line) and plain
+sections ``train`` and ``channel``.  Scenario files in ``scenarios/`` are YAML documents
+validated against :class:`ScenarioConfig`; they only pick values, they never add keys.
+
+Every key documented here is also documented in ``scenarios/README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclass
+class SourceConfig:
+    """One data source; several sources make a multi-domain dataset.
+
+    ``format`` is one of ``sklearn_digits`` (embedded, no file needed), ``npz`` (arrays
+    ``x`` uint8 and ``y``), ``idx`` (MNIST idx files, optionally gzipped), ``cifar``
+    (CIFAR-10/100 python batches directory) or ``image_folder`` (``root/<class>/*.png``).
+    Relative paths resolve against ``dataset.data_root``.
+    """
+
+    name: str = "digits"  # domain label used in reports and for by_domain partitions
+    format: str = "sklearn_digits"
+    train: str = ""  # npz file | idx images file | cifar directory | image folder root
+    test: str = ""  # optional test split of the same format ("" = carve from train)
+    train_labels: str = ""  # idx only: labels file of the training split
+    test_labels: str = ""  # idx only: labels file of the test split
+    fraction: float = 1.0  # fraction of this source's training data that is used
+    max_samples: int = 0  # cap on training samples of this source (0 = no cap)
+
+
+@dataclass
+class DatasetConfig:
+    """Which images, at which size, with which train/test split."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    data_root: str = ""  # "" = $FEDSIM_DATA, else <repo>/../shared/data
+    image_size: int = 0  # 0 = native size (sources must agree); else resize to S x S
+    channels: int = 0  # 0 = native (sources must agree); 1 = grey, 3 = RGB
+    test_fraction: float = 0.2  # held out as global test set for sources without a test file
+    normalize: bool = True  # per-channel standardisation with training-set statistics
+
+
+@dataclass
+class PartitionConfig:
+    """How the training samples are spread over ``num_clients`` clients."""
+
+    kind: str = "iid"  # iid | dirichlet | pathological | quantity_skew | by_domain
+    alpha: float = 0.5  # dirichlet concentration (smaller = more label skew)
+    min_samples: int = 2  # dirichlet / quantity_skew: smallest client size allowed
+    balance: bool = False  # dirichlet: stop giving a client samples once it has N/K
+    classes_per_client: int = 2  # pathological: shards of k classes per client
+    quantity: str = "lognormal"  # quantity_skew: lognormal | powerlaw
+    sigma: float = 1.0  # quantity_skew lognormal sigma
+    power: float = 1.5  # quantity_skew power-law exponent
+    # by_domain: clients_per_domain clients for every source, or an explicit mixture
+    clients_per_domain: int = 1
+    mixture: list[list[float]] = field(default_factory=list)  # per client weights over sources
+    allow_empty: bool = False
+
+
+@dataclass
+class ShiftConfig:
+    """Per-client synthetic feature shift applied once at load time."""
+
+    # none | rotation | rotated_family | invert | permute_channels | noise | blur | contrast
+    kind: str = "none"
+    angle: float = 0.0  # rotation: the same angle (degrees) for every client
+    delta: float = 15.0  # rotated_family: client i is rotated by i * delta degrees
+    noise_std: float = 0.1  # noise: Gaussian noise std on the [0, 1] image scale
+    blur_sigma: float = 1.0  # blur: Gaussian blur sigma in pixels
+    contrast: list[float] = field(default_factory=lambda: [0.5, 1.5])  # contrast range
+    brightness: list[float] = field(default_factory=lambda: [-0.2, 0.2])  # brightness range
+    clients: list[int] = field(default_factory=list)  # shifted clients ([] = every client)
+
+
+@dataclass
+class OpenWorldConfig:
+    """Seen/unseen class split for open-world semi-supervised learning (FedoSSL)."""
+
+    enabled: bool = False
+    seen_classes: list[int] = field(default_factory=list)
+    labeled_fraction: float = 0.5  # fraction of each seen class that carries its label
+    client_classes: list[list[int]] = field(default_factory=list)  # classes held per client
+    disjoint: bool = True  # clients sharing a class get disjoint samples of it
+
+
+@dataclass
+class ParticipationConfig:
+    """Who trains in a round; deterministic given the seed."""
+
+    fraction: float = 1.0  # fraction of clients sampled per round, in (0, 1]
+    clients_per_round: int = 0  # > 0 overrides fraction
+    min_clients: int = 1  # fewer successful replies than this => the round is skipped
+    availability: float = 1.0  # probability that a client is reachable in a round
+    diurnal_period: int = 0  # > 0: availability follows a cosine of this period (rounds)
+    dropout: float = 0.0  # probability that a sampled client drops out mid-round
+    straggler_fraction: float = 0.0  # fraction of clients that are slow
+    straggler_slowdown: float = 3.0  # speed factor of a slow client
+    deadline: float = 0.0  # simulated round deadline (time units); 0 = none
+
+
+@dataclass
+class EvaluationConfig:
+    """Federated (per-client held-out) and centralised (global test set) evaluation."""
+
+    holdout_fraction: float = 0.2  # per-client held-out share of its samples
+    fraction: float = 1.0  # fraction of clients evaluated per evaluation round
+    global_test: bool = True  # evaluate the global model on the global test set
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection for reliability experiments (off by default)."""
+
+    crash: float = 0.0  # probability that a client raises in a round
+    nan: float = 0.0  # probability that a client returns NaN parameters
+    delay: float = 0.0  # probability that a client sleeps for delay_s
+    delay_s: float = 0.0
+
+
+@dataclass
+class ScenarioConfig:
+    """A federation: data, partition, shifts, participation and evaluation."""
+
+    name: str = "digits_iid"
+    description: str = ""
+    file: str = ""  # the YAML file this scenario came from (set by fedsim, for messages)
+    num_clients: int = 10
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+    open_world: OpenWorldConfig = field(default_factory=OpenWorldConfig)
+    participation: ParticipationConfig = field(default_factory=ParticipationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+
+# --------------------------------------------------------------------------- model/train
+
+
+@dataclass
+class BackboneConfig:
+    """A vision backbone with a ``features``/``head`` split (see ``fedsim.backbones``)."""
+
+    name: str = "cnn_digits"  # cnn_digits | resnet18 | convnext | mlp | logreg
+    width: float = 1.0  # width multiplier on the channel/hidden sizes
+    channels_last: bool = False  # use torch.channels_last memory format (CUDA speed-up)
+
+
+@dataclass
+class TrainConfig:
+    """Local training of a client (shared by every strategy)."""
+
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0: this many mini-batch steps instead of epochs
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"  # sgd | adam
+    persist_optimizer: bool = False  # keep optimizer state in the client state across rounds
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy config; ``name`` selects the strategy class."""
+
+    name: str = "fedavg"
+
+
+@dataclass
+class FedAvgConfig(StrategyConfig):
+    name: str = "fedavg"
+
+
+@dataclass
+class FedProxConfig(StrategyConfig):
+    name: str = "fedprox"
+    mu: float = 0.01  # proximal coefficient; the client adds (mu/2)||w - w_global||^2
+
+
+@dataclass
+class FedBNConfig(StrategyConfig):
+    name: str = "fedbn"
+
+
+@dataclass
+class RuntimeConfig:
+    """Which engine hosts the ServerApp and ClientApps."""
+
+    name: str = "inline"  # inline | ray
+    workers: int = 0  # inline: 0 = in this process; N > 0 = N worker processes
+    threads: int = (
+        0  # torch threads per client process (0 = torch's default); 1 makes runtimes bit-comparable
+    )
+    client_cpus: float = 1.0  # ray: CPUs reserved per ClientApp
+    client_gpus: float = 0.0  # ray: fraction of a GPU per ClientApp
+    timeout: float = 3600.0  # seconds the server waits for replies in a round
+
+
+@dataclass
+class ChannelSideConfig:
+    """Compression of one direction of the link."""
+
+    name: str = "identity"  # identity | randk | topk | qsgd
+    ratio: float = 0.1  # randk/topk: fraction of coordinates kept
+    levels: int = 16  # qsgd: quantisation levels
+
+
+@dataclass
+class ChannelConfig:
+    up: ChannelSideConfig = field(default_factory=ChannelSideConfig)
+    down: ChannelSideConfig = field(default_factory=ChannelSideConfig)
+
+
+DEFAULTS: list[Any] = [
+    {"scenario": "digits_iid"},
+    {"strategy": "fedavg"},
+    {"backbone": "cnn_digits"},
+    {"runtime": "inline"},
+    "_self_",
+]
+
+
+@dataclass
+class RunConfig:
+    """The whole experiment: ``fedsim run key=value ...`` overrides any of these."""
+
+    defaults: list[Any] = field(default_factory=lambda: list(DEFAULTS))
+    scenario: ScenarioConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    runtime: RuntimeConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    rounds: int = 20
+    seed: int = 0
+    output_dir: str = "runs"
+    experiment: str = (
+        ""  # sweep name; runs go to <output_dir>/<experiment>/... (default: scenario name)
+    )
+    tag: str = ""  # extra directory level for swept overrides (set by multirun)
+    overwrite: bool = False  # replace an existing complete run directory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA only)
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    resume: bool = False
+    progress: bool = True

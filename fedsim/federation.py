@@ -1,0 +1,147 @@
+"""The materialised federation: one in-memory copy of the data plus index arrays.
+
+``load_federation(scenario, seed)`` loads the dataset once per process and partitions it;
+a client's data is a gather of its indices from the shared tensors (10,000 clients never
+copy the dataset).  Synthetic feature shifts are applied to a client's samples when its
+data is first gathered, and cached for a bounded number of clients.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.config import ScenarioConfig
+from fedsim.data import FederatedDataset, build_dataset
+from fedsim.partition import partition, split_holdout, validate_partition
+from fedsim.seeding import derive_rng
+from fedsim.shift import apply_shift
+
+_CACHE_LIMIT = 256
+
+
+@dataclass
+class ClientData:
+    """One client's tensors (views or gathered copies of the shared data)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_holdout: torch.Tensor
+    y_holdout: torch.Tensor
+    domain: int
+
+
+@dataclass
+class Federation:
+    """Shared data, per-client train/held-out indices and the scenario they come from."""
+
+    scenario: ScenarioConfig
+    seed: int
+    data: FederatedDataset
+    train_parts: list[np.ndarray]
+    holdout_parts: list[np.ndarray]
+    _cache: OrderedDict[int, ClientData] = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train_parts)
+
+    def all_parts(self) -> list[np.ndarray]:
+        """Every sample each client holds (training + held-out), for reports."""
+        return [
+            np.sort(np.concatenate([t, h]))
+            for t, h in zip(self.train_parts, self.holdout_parts, strict=True)
+        ]
+
+    def domain_of(self, pid: int) -> int:
+        idx = np.concatenate([self.train_parts[pid], self.holdout_parts[pid]])
+        if len(idx) == 0:
+            return 0
+        doms = self.data.train_domain[torch.from_numpy(idx)].numpy()
+        return int(np.bincount(doms).argmax())
+
+    def client(self, pid: int) -> ClientData:
+        """The client's data; shifted copies are cached for a bounded number of clients."""
+        with self._lock:
+            if pid in self._cache:
+                self._cache.move_to_end(pid)
+                return self._cache[pid]
+        tr = torch.from_numpy(self.train_parts[pid])
+        ho = torch.from_numpy(self.holdout_parts[pid])
+        x, y = self.data.train_x[tr], self.data.train_y[tr]
+        xh, yh = self.data.train_x[ho], self.data.train_y[ho]
+        shift = self.scenario.shift
+        if shift.kind != "none" and (not shift.clients or pid in shift.clients):
+            x = self._shift(x, pid)
+            xh = self._shift(xh, pid)
+        item = ClientData(x, y, xh, yh, self.domain_of(pid))
+        with self._lock:
+            self._cache[pid] = item
+            while len(self._cache) > _CACHE_LIMIT:
+                self._cache.popitem(last=False)
+        return item
+
+    def _shift(self, x: torch.Tensor, pid: int) -> torch.Tensor:
+        mean = self.data.mean.view(1, -1, 1, 1)
+        std = self.data.std.view(1, -1, 1, 1)
+        raw = x * std + mean  # back to the [0, 1] pixel scale the shifts are defined on
+        shifted = apply_shift(raw, pid, self.scenario.shift, derive_rng(self.seed, "shift", pid))
+        return (shifted - mean) / std
+
+
+def _key(scenario: Any, seed: int) -> str:
+    if isinstance(scenario, DictConfig):
+        plain = OmegaConf.to_container(scenario, resolve=True)
+    elif is_dataclass(scenario):
+        plain = asdict(scenario)  # type: ignore[arg-type]
+    else:
+        plain = scenario
+    return json.dumps({"scenario": plain, "seed": seed}, sort_keys=True, default=str)
+
+
+_FEDERATIONS: dict[str, Federation] = {}
+_FED_LOCK = threading.Lock()
+
+
+def load_federation(scenario: ScenarioConfig, seed: int) -> Federation:
+    """Build (or fetch from this process's cache) the federation of a scenario and seed."""
+    key = _key(scenario, seed)
+    with _FED_LOCK:
+        if key in _FEDERATIONS:
+            return _FEDERATIONS[key]
+        fed = build_federation(scenario, seed)
+        _FEDERATIONS.clear()  # one federation per process is the common case; keep memory flat
+        _FEDERATIONS[key] = fed
+        return fed
+
+
+def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:
+    """Load the data and partition it (deterministic given the scenario and seed)."""
+    data = build_dataset(scenario.dataset, seed)
+    labels = data.train_y.numpy()
+    domains = data.train_domain.numpy()
+    validate_partition(scenario.partition, scenario.num_clients, len(labels), len(data.domains))
+    parts = partition(
+        labels,
+        domains,
+        scenario.num_clients,
+        scenario.partition,
+        derive_rng(seed, "partition"),
+        data.num_classes,
+    )
+    train_parts: list[np.ndarray] = []
+    holdout_parts: list[np.ndarray] = []
+    frac = scenario.evaluation.holdout_fraction
+    for pid, idx in enumerate(parts):
+        tr, ho = split_holdout(idx, frac, derive_rng(seed, "holdout", pid))
+        train_parts.append(tr)
+        holdout_parts.append(ho)
+    return Federation(scenario, seed, data, train_parts, holdout_parts)

@@ -1,0 +1,99 @@
+"""Start an experiment on the configured runtime, after checking everything that can fail.
+
+Pre-flight (config validation, data loading, partitioning, model construction) happens
+before the run directory is touched, so a bad input leaves nothing behind; an existing
+complete run is never overwritten unless ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fedsim.app import CONFIG_KEY, RUN_DIR_KEY, make_client_app, make_server_app
+from fedsim.conf import to_json, validate
+from fedsim.config import RunConfig
+from fedsim.errors import ConfigError, UserError
+from fedsim.federation import load_federation
+from fedsim.modelzoo import initial_model, resolve_device
+from fedsim.server import run_dir_for
+from fedsim.tracking import STATUS_FILE
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: RunConfig) -> Path:
+    """Validate, load the federation and build the model once; return the run directory."""
+    validate(cfg)
+    resolve_device(cfg.device)
+    try:
+        fed = load_federation(cfg.scenario, cfg.seed)
+    except UserError as e:  # say which scenario file the bad value came from
+        where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
+        raise type(e)(f"{where}: scenario.{e}") from None
+    initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
+    run_dir = run_dir_for(cfg)
+    status = run_dir / STATUS_FILE
+    if status.exists() and not cfg.overwrite:
+        try:
+            state = json.loads(status.read_text()).get("status", "unknown")
+        except (OSError, ValueError):
+            state = "unreadable"
+        if state != "complete":
+            log.warning("replacing the %s run in %s", state, run_dir)
+            return run_dir
+        raise UserError(
+            f"output_dir: {run_dir} already holds a {state} run; "
+            "pass overwrite=true to replace it, or choose another output_dir/experiment"
+        )
+    return run_dir
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "fedsim.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    return handler
+
+
+def execute(cfg: RunConfig) -> dict[str, Any]:
+    """Run one experiment; returns the final record written to ``run.json``."""
+    run_dir = preflight(cfg)
+    if run_dir.exists():  # preflight allowed it: overwrite=true, or an unfinished run
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log_file(run_dir)
+    run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    try:
+        if cfg.runtime.name == "inline":
+            from fedsim.runtime.inline import run_inline
+
+            run_inline(make_server_app(), make_client_app(), cfg.scenario.num_clients, run_config)
+        elif cfg.runtime.name == "ray":
+            from fedsim.runtime.ray import run_ray
+
+            run_ray(
+                cfg.scenario.num_clients,
+                run_config,
+                cfg.runtime.client_cpus,
+                cfg.runtime.client_gpus,
+            )
+        else:
+            raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    record = json.loads((run_dir / STATUS_FILE).read_text())
+    if record.get("status") != "complete":
+        raise UserError(
+            f"run did not complete (status: {record.get('status')}); see {run_dir / 'fedsim.log'}"
+        )
+    record["run_dir"] = str(run_dir)
+    return record

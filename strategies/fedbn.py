@@ -1,0 +1,17 @@
+"""FedBN: Li et al., "FedBN: Federated Learning on Non-IID Features via Local Batch
+Normalization", ICLR 2021, arXiv 2102.07623.
+
+Server: FedAvg over every array *except* batch-norm layers, which it never sends nor
+receives.  Client (``clients.fedbn``): keeps all batch-norm tensors (affine weights and
+running statistics, chosen by module type) in its persistent state across rounds.
+Because the aggregated arrays lack the BN layers, there is no single global model to
+evaluate centrally; evaluation is per client with its own BN layers.
+"""
+
+from strategies.base import FedsimStrategy
+
+
+class FedBN(FedsimStrategy):
+    """FedAvg whose clients keep their batch-norm layers."""
+
+    has_global_model = False
