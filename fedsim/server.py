@@ -194,6 +194,7 @@ def run_experiment(
                 **strategy.stats,
             }
             metrics.pop("train/steps", None)
+            metrics.update(strategy.round_metrics(rnd, arrays))
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
                 ereplies = (

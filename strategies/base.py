@@ -79,6 +79,18 @@ class FedsimStrategy(FlowerFedAvg):
         """Extra settings sent to every client with the arrays (FedProx: its mu)."""
         return {}
 
+    def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        """Strategy-specific scalars logged after each round (slash-namespaced names)."""
+        return {}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Server-side state a checkpoint must keep (optimizer moments, reference
+        points, centroids, ...); NumPy arrays only.  Stateless strategies return {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def aggregate_arrays(self, results: list[tuple[int, TrainRes]]) -> dict[str, np.ndarray]:
         """Sample-size weighted average of the clients' shared arrays."""
         updates = [numpy_from_arrays(res.arrays) for _, res in results]
