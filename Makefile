@@ -23,13 +23,13 @@ demo: setup
 	$(VENV)/bin/fedsim run overwrite=true
 
 check: setup
-	$(VENV)/bin/ruff check fedsim strategies clients tests bench
+	$(VENV)/bin/ruff check fedsim strategies clients tests bench scripts
 	$(VENV)/bin/ruff format --check fedsim strategies clients
 	$(VENV)/bin/mypy fedsim strategies clients
 
 test: check
 	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
-	  $(VENV)/bin/pytest -q
+	  $(VENV)/bin/pytest -q --durations=15
 
 slow: setup
 	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \

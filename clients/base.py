@@ -16,17 +16,24 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from clients.training import TrainHooks, evaluate_model, make_optimizer, train_local
+from fedsim.channels import make_channel
 from fedsim.config import RunConfig
 from fedsim.federation import Federation, load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
-from fedsim.records import arrays_from_state, state_from_arrays
-from fedsim.seeding import torch_generator
+from fedsim.records import (
+    arrays_from_numpy,
+    arrays_from_state,
+    numpy_from_arrays,
+    state_from_arrays,
+)
+from fedsim.seeding import derive_rng, torch_generator
 
 LOCAL_KEY = "fedsim.local"
 OPTIM_KEY = "fedsim.optim"
@@ -55,6 +62,19 @@ def client_env(cfg: RunConfig, key: str) -> ClientEnv:
         if env is None:
             if cfg.runtime.threads > 0:
                 torch.set_num_threads(cfg.runtime.threads)
+            if cfg.scenario.problem.kind != "classification":
+                # a synthetic problem (fedsim.problems) has no dataset and no backbone; its
+                # clients (clients.masha) never touch env.fed / env.model
+                _ENVS.clear()
+                env = _ENVS[key] = ClientEnv(
+                    cfg,
+                    None,  # type: ignore[arg-type]  # no data: see above
+                    None,  # type: ignore[arg-type]  # no backbone: see above
+                    {},
+                    torch.device("cpu"),
+                    threading.Lock(),
+                )
+                return env
             fed = load_federation(cfg.scenario, cfg.seed)
             device = resolve_device(cfg.device)
             model = initial_model(
@@ -138,17 +158,43 @@ class Client:
         }
         self.state[OPTIM_KEY] = arrays_from_state(flat)
 
+    # ---------------------------------------------------------------- channels
+    def downlink(self, ins: TrainIns) -> ArrayRecord:
+        """The global arrays as decoded from ``channel.down`` (as sent when identity)."""
+        if self.cfg.channel.down.name == "identity":
+            return ins.arrays
+        like = {k: v.numpy() for k, v in self.env.init_state.items() if k not in self.keep}
+        down = make_channel(self.cfg.channel.down)
+        return arrays_from_numpy(down.decode(ins.arrays, like))
+
+    def uplink(self, received: ArrayRecord, out: ArrayRecord, server_round: int) -> ArrayRecord:
+        """What goes back through ``channel.up``: the arrays themselves when identity, else
+        the encoded update ``out - received`` (floating arrays; others travel as values)."""
+        if self.cfg.channel.up.name == "identity":
+            return out
+        ref = numpy_from_arrays(received)
+        update = {
+            k: v - ref[k] if k in ref and np.issubdtype(v.dtype, np.floating) else v
+            for k, v in numpy_from_arrays(out).items()
+        }
+        rng = derive_rng(self.cfg.seed, "channel/up", server_round, self.pid)
+        return make_channel(self.cfg.channel.up).encode(update, rng)
+
     # ---------------------------------------------------------------- messages
     def fit(self, ins: TrainIns) -> TrainRes:
         data = self.env.fed.client(self.pid)
+        x, y = data.x, data.y
+        if data.labeled is not None:  # open world: a supervised client has only its labels
+            x, y = x[data.labeled], y[data.labeled]
         with self.env.lock:
-            self.load(ins.arrays)
+            received = self.downlink(ins)
+            self.load(received)
             opt = self.optimizer()
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
             stats = train_local(
                 self.model,
-                data.x,
-                data.y,
+                x,
+                y,
                 self.cfg.train,
                 opt,
                 gen,
@@ -158,8 +204,8 @@ class Client:
             )
             self.save_local()
             self.save_optimizer(opt)
-            out = self.shared_state()
-        return TrainRes(out, len(data.y), {"loss": stats.loss, "steps": float(stats.steps)})
+            out = self.uplink(received, self.shared_state(), ins.server_round)
+        return TrainRes(out, len(y), {"loss": stats.loss, "steps": float(stats.steps)})
 
     def evaluate(self, ins: EvalIns) -> EvalRes:
         data = self.env.fed.client(self.pid)

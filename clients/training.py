@@ -17,6 +17,9 @@ from torch import nn
 from fedsim.config import TrainConfig
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: (model, x, y) -> scalar that replaces ``CE(model(x), y)`` (semi-supervised objectives
+#: whose ``y`` marks hidden labels, e.g. FedoSSL); ``extra_loss`` is then not called.
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -25,6 +28,7 @@ class TrainHooks:
 
     extra_loss: ExtraLoss | None = None  # (model, x, y, logits) -> scalar added to the CE loss
     after_step: Callable[[nn.Module], None] | None = None
+    loss: BatchLoss | None = None  # replaces the cross-entropy objective when set
 
 
 @dataclass
@@ -50,6 +54,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def uses_channels_last(model: nn.Module) -> bool:
+    """True when the model's conv weights are in channels-last memory format
+    (``backbone.channels_last``); its inputs must then be converted too."""
+    return any(
+        p.dim() == 4
+        and not p.is_contiguous()
+        and p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+    )
 
 
 def batches(
@@ -92,15 +107,21 @@ def train_local(
     if non_blocking and not x.is_pinned():
         x, y = x.pin_memory(), y.pin_memory()
     total, steps, seen = 0.0, 0, 0
+    channels_last = uses_channels_last(model)
     for idx in batches(len(y), cfg.batch_size, cfg.local_epochs, cfg.local_steps, gen):
         xb = x[idx].to(device, non_blocking=non_blocking)
         yb = y[idx].to(device, non_blocking=non_blocking)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            if hooks.extra_loss is not None:
-                loss = loss + hooks.extra_loss(model, xb, yb, logits)
+            if hooks.loss is not None:
+                loss = hooks.loss(model, xb, yb)
+            else:
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                if hooks.extra_loss is not None:
+                    loss = loss + hooks.extra_loss(model, xb, yb, logits)
         loss.backward()
         optimizer.step()
         if hooks.after_step is not None:

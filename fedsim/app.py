@@ -81,8 +81,18 @@ def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        from dataclasses import replace
+
+        from fedsim import faults
+
         client = _client(context, bound)
-        res = client.fit(TrainIns.from_record(msg.content))
+        ins = TrainIns.from_record(msg.content)
+        injected = client.cfg.scenario.faults
+        fault = faults.fault_for(injected, client.cfg.seed, ins.server_round, client.pid)
+        faults.before_fit(fault, injected, ins.server_round, client.pid)
+        res = client.fit(ins)
+        if fault == faults.NAN:
+            res = replace(res, arrays=faults.poison(res.arrays))
         return Message(res.to_record(), reply_to=msg)
 
     @app.evaluate()
@@ -112,7 +122,13 @@ def make_server_app(bound: Mapping[str, Any] | None = None) -> ServerApp:
         rc = _merged(context, bound)
         cfg, _ = config_from_run_config(rc)
         run_dir = Path(str(rc[RUN_DIR_KEY])) if RUN_DIR_KEY in rc else run_dir_for(cfg)
-        final = run_experiment(grid, cfg, run_dir)
+        if type(grid).__name__ == "HttpGrid":  # Flower's Deployment Engine
+            from fedsim.deploy import deployed_experiment
+
+            # a relative run directory is relative to the SuperLink's working directory
+            final = deployed_experiment(grid, cfg, run_dir.resolve())
+        else:
+            final = run_experiment(grid, cfg, run_dir)
         log.info("run finished: %s", {k: v for k, v in final.items() if k.startswith("eval/acc")})
 
     return app

@@ -2,7 +2,8 @@
 
 ``fedsim run [key=value ...]`` composes the configuration with Hydra (``--help``,
 ``--cfg job`` and ``-m`` multirun sweeps work as in any Hydra app) and runs it;
-``fedsim partition scenario=X`` prints and draws a scenario's partition.  User errors
+``fedsim partition scenario=X`` prints and draws a scenario's partition; ``fedsim compare
+DIR`` tabulates and plots the runs of a sweep (:mod:`fedsim.compare`).  User errors
 print one line and exit with status 2; no traceback.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedsim.errors import EXIT_USER_ERROR, UserError
 
@@ -19,11 +21,15 @@ USAGE = """usage: fedsim <command> [key=value ...]
 commands:
   run        train a federated experiment     (fedsim run --help for every option)
   partition  show a scenario's partition      (fedsim partition scenario=digits_dirichlet_0.1)
+  deploy     Flower deployment: certs, superlink, supernode, run  (fedsim deploy --help)
+  compare    table + plots of a sweep's runs  (fedsim compare runs/cmp --target 0.9)
+  resume     continue an interrupted run      (fedsim resume runs/digits_iid/fedavg/seed-0)
 
 examples:
   fedsim run                                         # FedAvg on the embedded digits
   fedsim run scenario=digits_dirichlet_0.1 strategy=fedprox rounds=30 seed=1
   fedsim run -m strategy=fedavg,fedprox,fedbn seed=0,1,2 experiment=cmp
+  fedsim compare runs/cmp                            # -> runs/cmp/compare/summary.md, *.png
 """
 
 # Hydra settings for fedsim: no output directories or log files of Hydra's own (fedsim
@@ -83,12 +89,22 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _swept_keys(overrides: list[str]) -> set[str]:
-    keys = set()
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if "," in value or value.startswith(("range(", "choice(", "glob(")):
-            keys.add(key.lstrip("+~"))
-    return keys
+    from fedsim.conf import sweep_values
+
+    return {key.lstrip("+~") for key, _ in sweep_values(overrides).values()}
+
+
+def _is_complete(cfg: Any) -> bool:
+    import json
+
+    from fedsim.server import run_dir_for
+    from fedsim.tracking import STATUS_FILE
+
+    try:
+        status = json.loads((run_dir_for(cfg) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(status.get("status") == "complete")
 
 
 def cmd_run(args: list[str]) -> int:
@@ -107,6 +123,7 @@ def cmd_run(args: list[str]) -> int:
         to_plain,
     )
     from fedsim.runner import execute
+    from fedsim.server import run_dir_for
 
     flags, overrides = _split(args)
     try:
@@ -123,6 +140,8 @@ def cmd_run(args: list[str]) -> int:
         return _fail(str(e))
     swept = _swept_keys(overrides) - NOT_IN_TAG
 
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+
     def task(dcfg: DictConfig) -> float:
         try:
             plain = to_plain(dcfg)
@@ -135,6 +154,11 @@ def cmd_run(args: list[str]) -> int:
                         parts.append(f"{key}={value}")
                 plain["tag"] = ",".join(sorted(parts))
             cfg = from_plain(plain)
+            if multirun and not cfg.overwrite and not cfg.resume and _is_complete(cfg):
+                # re-running a sweep after a crash redoes only what is missing
+                done = run_dir_for(cfg)
+                print(f"fedsim: skipping {done}: already complete (overwrite=true redoes it)")
+                return float("nan")
             record = execute(cfg)
         except UserError as e:
             sys.exit(_fail(str(e)))
@@ -156,6 +180,8 @@ def cmd_run(args: list[str]) -> int:
     sys.argv = ["fedsim run", *flags, *HYDRA_SETTINGS, *overrides]
     try:
         main()
+    except SystemExit as e:  # a job's user error (exit 2) or Hydra's own exit
+        return e.code if isinstance(e.code, int) else 1
     finally:
         sys.argv = saved
     return 0
@@ -181,7 +207,72 @@ def cmd_partition(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "partition": cmd_partition}
+def cmd_compare(args: list[str]) -> int:
+    from fedsim.compare import main as compare_main
+
+    return compare_main(args)
+
+
+def cmd_deploy(args: list[str]) -> int:
+    from fedsim.deploy import cmd_deploy as deploy
+
+    return deploy(args)
+
+
+def cmd_resume(args: list[str]) -> int:
+    """``fedsim resume <run_dir> [rounds=N]``: continue from the run's last checkpoint."""
+    import json
+
+    from fedsim.conf import from_plain, register_configs
+    from fedsim.errors import CheckpointError
+    from fedsim.runner import execute
+    from fedsim.tracking import STATUS_FILE
+
+    if not args or "=" in args[0]:
+        return _fail("usage: fedsim resume <run_dir> [rounds=N]")
+    run_dir = Path(args[0])
+    status = run_dir / STATUS_FILE
+    try:
+        plain = json.loads(status.read_text())["config"]
+    except FileNotFoundError:
+        return _fail(f"resume: {run_dir} is not a fedsim run directory (no {STATUS_FILE})")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return _fail(f"resume: {status} is unreadable ({type(e).__name__})")
+    for extra in args[1:]:
+        key, sep, value = extra.partition("=")
+        if key != "rounds" or not sep or not value.isdigit():
+            return _fail(f"resume: only rounds=N may be changed on resume, got '{extra}'")
+        plain["rounds"] = int(value)
+    register_configs()
+    # the run directory is where it is now, whatever output_dir it was started with
+    expected = Path(plain["output_dir"])
+    try:
+        cfg = from_plain({**plain, "resume": True})
+        from fedsim.server import run_dir_for
+
+        if run_dir_for(cfg).resolve() != run_dir.resolve():
+            raise CheckpointError(
+                f"resume: {run_dir} does not match its recorded config "
+                f"(expected it under {expected})"
+            )
+        record = execute(cfg)
+    except UserError as e:
+        return _fail(str(e))
+    acc = record.get("final", {}).get("eval/acc")
+    print(
+        f"fedsim: resumed {run_dir} to round {cfg.rounds}"
+        + (f": eval/acc={acc:.4f}" if acc is not None else "")
+    )
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "partition": cmd_partition,
+    "compare": cmd_compare,
+    "deploy": cmd_deploy,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ too: the file is registered under its stem.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 from hydra.core.config_store import ConfigStore
@@ -51,6 +51,84 @@ def _omegaconf_message(err: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(
+                f"{key}: given twice (line {mark.line + 1}); each key may appear once per section"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _schema_check(value: Any, hint: Any, path: str) -> Any:
+    """Check a value read from YAML against the schema type ``hint``; return it normalised.
+
+    Reports, with the full key path and what is allowed, what OmegaConf reports without
+    a usable path (an unknown key inside a list of sources, a list where a section
+    belongs), and turns integers into floats where floats belong, which OmegaConf refuses
+    inside nested lists (``mixture: [[1, 0], [0, 1]]``).  YAML 1.1 reads ``1e-3`` as a
+    string, so numeric strings are accepted for numbers.
+    """
+    if is_dataclass(hint):
+        hints = get_type_hints(hint)
+        allowed = ", ".join(hints)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a section with keys {allowed}; got {_show(value)}")
+        out = {}
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in hints:
+                raise ConfigError(f"{sub}: unknown key (allowed: {allowed})")
+            out[key] = _schema_check(item, hints[key], sub)
+        return out
+    if get_origin(hint) is list:
+        (inner,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: must be a list, got {_show(value)}")
+        return [_schema_check(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: must be true or false, got {_show(value)}")
+    if hint in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = hint(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, int if hint is int else int | float):
+            kind = "an integer" if hint is int else "a number"
+            raise ConfigError(f"{path}: must be {kind}, got {_show(value)}")
+        return hint(number)
+    if hint is str:
+        if value is None or isinstance(value, dict | list | bool):
+            raise ConfigError(f"{path}: must be a string, got {_show(value)}")
+        return str(value)
+    return value
+
+
 def load_scenario_file(path: Path) -> DictConfig:
     """Read a scenario file and validate its keys and types against the schema."""
     where = str(path)
@@ -61,7 +139,9 @@ def load_scenario_file(path: Path) -> DictConfig:
     except OSError as e:
         raise ConfigError(f"scenario: cannot read {where}: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -75,6 +155,10 @@ def load_scenario_file(path: Path) -> DictConfig:
         )
     raw.setdefault("name", path.stem)
     raw["file"] = where
+    try:
+        raw = _schema_check(raw, ScenarioConfig, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     try:
         return OmegaConf.merge(OmegaConf.structured(ScenarioConfig), raw)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
@@ -172,20 +256,34 @@ def _hydra_message(err: Exception) -> str:
     return " ".join(lines[:2]) if lines else type(err).__name__
 
 
+def sweep_values(overrides: list[str]) -> dict[int, tuple[str, list[str]]]:
+    """Index -> (key, values) of the overrides that are sweeps in Hydra's grammar
+    (``seed=0,1``, ``range(3)``, ...); ``key=[0,1]`` is a list value, not a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # Hydra's grammar errors
+        raise ConfigError(_hydra_message(e)) from None
+    out: dict[int, tuple[str, list[str]]] = {}
+    for i, ov in enumerate(parsed):
+        if ov.is_sweep_override():
+            out[i] = (ov.get_key_element(), list(ov.sweep_string_iterator()))
+    return out
+
+
 def precheck_sweep(overrides: list[str]) -> None:
     """Compose once per swept value so that a bad value fails before any run starts."""
-    firsts = [o if "," not in o.partition("=")[2] else o.split(",", 1)[0] for o in overrides]
-    checked = False
-    for i, o in enumerate(overrides):
-        key, _, value = o.partition("=")
-        if "," not in value:
-            continue
-        for v in value.split(","):
+    sweeps = sweep_values(overrides)
+    firsts = list(overrides)
+    for i, (key, values) in sweeps.items():
+        firsts[i] = f"{key}={values[0]}"
+    for i, (key, values) in sweeps.items():
+        for v in values:
             trial = list(firsts)
             trial[i] = f"{key}={v}"
             validate(_compose_one(trial))
-            checked = True
-    if not checked:
+    if not sweeps:
         validate(_compose_one(firsts))
 
 
@@ -211,7 +309,22 @@ def _path_scenarios(overrides: list[str]) -> dict[str, Path]:
     return out
 
 
+CHANNEL_SHORTHANDS = ("channel.up=", "channel.down=", "+channel.up=", "+channel.down=")
+
+
+def rewrite_channel(override: str) -> str:
+    """``channel.up=randk`` (a name given to the ``channel.up`` section) means
+    ``channel.up.name=randk``; Hydra cannot assign a string to a structured section."""
+    if override.startswith(CHANNEL_SHORTHANDS):
+        key, _, value = override.partition("=")
+        return f"{key.lstrip('+')}.name={value}"
+    return override
+
+
 def _rewrite_scenario(override: str, extra: dict[str, Path]) -> str:
+    """Scenario paths -> their registered stem; also expands the channel shorthand
+    (:func:`rewrite_channel`), since the CLI and :func:`compose` both call this."""
+    override = rewrite_channel(override)
     if not override.startswith("scenario=") or not extra:
         return override
     values = override.split("=", 1)[1].split(",")
@@ -255,8 +368,6 @@ def _registered_scenarios() -> set[str]:
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks of the whole configuration; raises ConfigError naming the key."""
-    from fedsim.participation import validate_participation
-    from fedsim.shift import validate_shift
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -287,22 +398,81 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.runtime.workers >= 0, f"runtime.workers: must be >= 0, got {cfg.runtime.workers}")
     need(cfg.runtime.threads >= 0, f"runtime.threads: must be >= 0, got {cfg.runtime.threads}")
     need(cfg.runtime.timeout > 0, f"runtime.timeout: must be > 0, got {cfg.runtime.timeout}")
-    s = cfg.scenario
-    need(s.num_clients >= 1, f"scenario.num_clients: must be >= 1, got {s.num_clients}")
+    from fedsim.channels import validate_channel
+
+    for side in ("up", "down"):
+        bad = validate_channel(getattr(cfg.channel, side), f"channel.{side}")
+        need(bad is None, bad or "")
+    try:
+        validate_scenario(cfg.scenario)
+    except ConfigError as e:  # name the file the scenario came from
+        where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
+        raise ConfigError(f"{where}: scenario.{e}") from None
+    if cfg.scenario.problem.kind != "classification":
+        _check_problem_strategy(cfg)
+
+
+def _check_problem_strategy(cfg: RunConfig) -> None:
+    """A problem without a backbone (``scenario.problem``) needs a strategy that defines
+    the initial arrays (overrides ``initial_arrays``), else the run would fail mid-start."""
+    from strategies import REGISTRY
+    from strategies.base import FedsimStrategy
+
+    def solves(name: str) -> bool:
+        server = REGISTRY[name].server_class()
+        return getattr(server, "initial_arrays", None) is not FedsimStrategy.initial_arrays
+
+    if not solves(cfg.strategy.name):
+        allowed = ", ".join(n for n in sorted(REGISTRY) if solves(n)) or "none registered"
+        where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
+        raise ConfigError(
+            f"strategy: '{cfg.strategy.name}' cannot solve scenario.problem.kind="
+            f"'{cfg.scenario.problem.kind}' of {where} (allowed: {allowed})"
+        )
+
+
+def validate_scenario(s: ScenarioConfig) -> None:
+    """Checks of a scenario that need no data; messages start with the key path in the file.
+
+    Runs before anything is loaded.  What depends on the data (a source file that is
+    missing, more clients than samples, a source too small for its clients, open-world
+    classes the dataset lacks) is checked when the federation is built
+    (:func:`fedsim.federation.build_federation`), still before the run directory exists.
+    """
+    from fedsim.data import validate_dataset
+    from fedsim.participation import validate_participation
+    from fedsim.partition import validate_partition
+    from fedsim.shift import validate_shift
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(s.num_clients >= 1, f"num_clients: must be >= 1, got {s.num_clients}")
     ev = s.evaluation
     need(
         0 <= ev.holdout_fraction < 1,
-        f"scenario.evaluation.holdout_fraction: must be in [0, 1), got {ev.holdout_fraction}",
+        f"evaluation.holdout_fraction: must be in [0, 1), got {ev.holdout_fraction}",
     )
     need(
-        0 < ev.fraction <= 1, f"scenario.evaluation.fraction: must be in (0, 1], got {ev.fraction}"
+        0 <= ev.fraction <= 1,
+        f"evaluation.fraction: must be in [0, 1] (0 = no federated evaluation), got {ev.fraction}",
     )
     for name in ("crash", "nan", "delay"):
         p = getattr(s.faults, name)
-        need(0 <= p <= 1, f"scenario.faults.{name}: must be a probability in [0, 1], got {p}")
-    need(s.faults.delay_s >= 0, f"scenario.faults.delay_s: must be >= 0, got {s.faults.delay_s}")
-    try:
-        validate_participation(s.participation, s.num_clients)
-        validate_shift(s.shift)
-    except ConfigError as e:
-        raise ConfigError(f"scenario.{e}") from None
+        need(0 <= p <= 1, f"faults.{name}: must be a probability in [0, 1], got {p}")
+    need(s.faults.delay_s >= 0, f"faults.delay_s: must be >= 0, got {s.faults.delay_s}")
+    pr = s.problem
+    need(
+        pr.kind in ("classification", "bilinear"),
+        f"problem.kind: unknown '{pr.kind}' (allowed: bilinear, classification)",
+    )
+    need(pr.dim >= 1, f"problem.dim: must be >= 1, got {pr.dim}")
+    need(pr.lam >= 0, f"problem.lam: must be >= 0, got {pr.lam}")
+    validate_participation(s.participation, s.num_clients)
+    validate_shift(s.shift, s.num_clients)
+    if s.problem.kind == "classification":
+        validate_dataset(s.dataset)
+        if not s.open_world.enabled:  # open-world scenarios split by class sets instead
+            # Sample counts are unknown before loading: only the data-free checks here.
+            validate_partition(s.partition, s.num_clients, 1 << 62, len(s.dataset.sources))

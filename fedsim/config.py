@@ -114,7 +114,7 @@ class EvaluationConfig:
     """Federated (per-client held-out) and centralised (global test set) evaluation."""
 
     holdout_fraction: float = 0.2  # per-client held-out share of its samples
-    fraction: float = 1.0  # fraction of clients evaluated per evaluation round
+    fraction: float = 1.0  # fraction of clients evaluated per evaluation round (0 = none)
     global_test: bool = True  # evaluate the global model on the global test set
 
 
@@ -126,6 +126,23 @@ class FaultConfig:
     nan: float = 0.0  # probability that a client returns NaN parameters
     delay: float = 0.0  # probability that a client sleeps for delay_s
     delay_s: float = 0.0
+
+
+@dataclass
+class ProblemConfig:
+    """What the clients jointly solve.
+
+    ``classification`` (default): the scenario's dataset and the backbone.  ``bilinear``:
+    the distributed bilinear saddle point of MASHA (arXiv 2110.03313, spec section 7),
+    ``f_m(x, y) = x^T A_m y + a_m^T x + b_m^T y + (lam/2)||x||^2 - (lam/2)||y||^2`` with
+    ``x, y`` in R^dim, generated from the seed; no dataset and no backbone are built.
+    """
+
+    kind: str = "classification"  # classification | bilinear
+    dim: int = 100  # bilinear: dimension of x and of y (z = (x, y) has 2 * dim entries)
+    lam: float = 1.0  # bilinear: strong monotonicity mu = lam
+    scale: float = 1.0  # bilinear: A_m entries i.i.d. N(0, scale^2) (spec default)
+    noise: float = 1.0  # bilinear: a_m, b_m ~ N(0, noise^2 I)
 
 
 @dataclass
@@ -143,6 +160,7 @@ class ScenarioConfig:
     participation: ParticipationConfig = field(default_factory=ParticipationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
 
 
 # --------------------------------------------------------------------------- model/train
@@ -206,19 +224,23 @@ class RuntimeConfig:
     client_cpus: float = 1.0  # ray: CPUs reserved per ClientApp
     client_gpus: float = 0.0  # ray: fraction of a GPU per ClientApp
     timeout: float = 3600.0  # seconds the server waits for replies in a round
+    wait_nodes: float = 60.0  # deployment: seconds to wait at start for all clients' nodes
 
 
 @dataclass
 class ChannelSideConfig:
     """Compression of one direction of the link."""
 
-    name: str = "identity"  # identity | randk | topk | qsgd
+    name: str = "identity"  # identity | randk | topk | qsgd | sparse (see fedsim.channels)
     ratio: float = 0.1  # randk/topk: fraction of coordinates kept
     levels: int = 16  # qsgd: quantisation levels
 
 
 @dataclass
 class ChannelConfig:
+    """Uplink (client -> server) and downlink compression; ``channel.up=randk`` is
+    shorthand for ``channel.up.name=randk`` (see ``fedsim.conf``)."""
+
     up: ChannelSideConfig = field(default_factory=ChannelSideConfig)
     down: ChannelSideConfig = field(default_factory=ChannelSideConfig)
 

@@ -170,7 +170,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _require_file(path: Path) -> None:
     if not path.exists():
-        raise DataError(f"file not found: {path}")
+        # Say what is there: a misspelled domain (pacs/paintings_*.npz) shows the real ones.
+        there = sorted(p.name for p in path.parent.glob(f"*{path.suffix}")) if path.suffix else []
+        shown = ", ".join(there[:12]) + (", ..." if len(there) > 12 else "")
+        hint = f" (files there: {shown})" if there else ""
+        raise DataError(f"file not found: {path}{hint}")
     if not path.is_file():
         raise DataError(f"{path}: is a directory, expected a file")
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config import ScenarioConfig
 from fedsim.data import FederatedDataset, build_dataset
+from fedsim.openworld import open_world_split, validate_open_world
 from fedsim.partition import partition, split_holdout, validate_partition
 from fedsim.seeding import derive_rng
 from fedsim.shift import apply_shift
@@ -36,6 +37,7 @@ class ClientData:
     x_holdout: torch.Tensor
     y_holdout: torch.Tensor
     domain: int
+    labeled: torch.Tensor | None = None  # open world: bool per training sample (None = all)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Federation:
     data: FederatedDataset
     train_parts: list[np.ndarray]
     holdout_parts: list[np.ndarray]
+    labeled: np.ndarray | None = None  # open world: bool over the training set (None = all)
     _cache: OrderedDict[int, ClientData] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -82,7 +85,8 @@ class Federation:
         if shift.kind != "none" and (not shift.clients or pid in shift.clients):
             x = self._shift(x, pid)
             xh = self._shift(xh, pid)
-        item = ClientData(x, y, xh, yh, self.domain_of(pid))
+        lab = None if self.labeled is None else torch.from_numpy(self.labeled[tr.numpy()])
+        item = ClientData(x, y, xh, yh, self.domain_of(pid), lab)
         with self._lock:
             self._cache[pid] = item
             while len(self._cache) > _CACHE_LIMIT:
@@ -128,15 +132,23 @@ def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:
     data = build_dataset(scenario.dataset, seed)
     labels = data.train_y.numpy()
     domains = data.train_domain.numpy()
-    validate_partition(scenario.partition, scenario.num_clients, len(labels), len(data.domains))
-    parts = partition(
-        labels,
-        domains,
-        scenario.num_clients,
-        scenario.partition,
-        derive_rng(seed, "partition"),
-        data.num_classes,
-    )
+    labeled = None
+    if scenario.open_world.enabled:  # class sets per client + hidden labels (fedsim.openworld)
+        validate_open_world(scenario.open_world, scenario.num_clients, data.num_classes)
+        split = open_world_split(
+            labels, scenario.open_world, data.num_classes, derive_rng(seed, "open_world")
+        )
+        parts, labeled = split.parts, split.labeled
+    else:
+        validate_partition(scenario.partition, scenario.num_clients, len(labels), len(data.domains))
+        parts = partition(
+            labels,
+            domains,
+            scenario.num_clients,
+            scenario.partition,
+            derive_rng(seed, "partition"),
+            data.num_classes,
+        )
     train_parts: list[np.ndarray] = []
     holdout_parts: list[np.ndarray] = []
     frac = scenario.evaluation.holdout_fraction
@@ -144,4 +156,4 @@ def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:
         tr, ho = split_holdout(idx, frac, derive_rng(seed, "holdout", pid))
         train_parts.append(tr)
         holdout_parts.append(ho)
-    return Federation(scenario, seed, data, train_parts, holdout_parts)
+    return Federation(scenario, seed, data, train_parts, holdout_parts, labeled)

@@ -13,8 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fedsim import checkpoint as ckpt_io
 from fedsim.app import CONFIG_KEY, RUN_DIR_KEY, make_client_app, make_server_app
-from fedsim.conf import to_json, validate
+from fedsim.checkpoint import CHECKPOINT_FILE
+from fedsim.conf import to_json, to_plain, validate
 from fedsim.config import RunConfig
 from fedsim.errors import ConfigError, UserError
 from fedsim.federation import load_federation
@@ -29,13 +31,18 @@ def preflight(cfg: RunConfig) -> Path:
     """Validate, load the federation and build the model once; return the run directory."""
     validate(cfg)
     resolve_device(cfg.device)
-    try:
-        fed = load_federation(cfg.scenario, cfg.seed)
-    except UserError as e:  # say which scenario file the bad value came from
-        where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
-        raise type(e)(f"{where}: scenario.{e}") from None
-    initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
+    if cfg.scenario.problem.kind == "classification":  # synthetic problems have no data
+        try:
+            fed = load_federation(cfg.scenario, cfg.seed)
+        except UserError as e:  # say which scenario file the bad value came from
+            where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
+            raise type(e)(f"{where}: scenario.{e}") from None
+        initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
     run_dir = run_dir_for(cfg)
+    if cfg.resume:  # refuse a bad resume before anything in the run directory changes
+        path = run_dir / CHECKPOINT_FILE
+        ckpt_io.check_compatible(ckpt_io.load(path), to_plain(cfg), path)
+        return run_dir
     status = run_dir / STATUS_FILE
     if status.exists() and not cfg.overwrite:
         try:
@@ -65,7 +72,7 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
 def execute(cfg: RunConfig) -> dict[str, Any]:
     """Run one experiment; returns the final record written to ``run.json``."""
     run_dir = preflight(cfg)
-    if run_dir.exists():  # preflight allowed it: overwrite=true, or an unfinished run
+    if run_dir.exists() and not cfg.resume:  # allowed: overwrite=true, or an unfinished run
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir)
@@ -75,7 +82,14 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         if cfg.runtime.name == "inline":
             from fedsim.runtime.inline import run_inline
 
-            run_inline(make_server_app(), make_client_app(), cfg.scenario.num_clients, run_config)
+            run_inline(
+                make_server_app(),
+                make_client_app(),
+                cfg.scenario.num_clients,
+                run_config,
+                workers=cfg.runtime.workers,
+                threads=cfg.runtime.threads,
+            )
         elif cfg.runtime.name == "ray":
             from fedsim.runtime.ray import run_ray
 

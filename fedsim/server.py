@@ -8,24 +8,35 @@ Tracking (TensorBoard, ``metrics.jsonl``, progress, run status) attaches as call
 from __future__ import annotations
 
 import logging
+import re
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.training import evaluate_model
+from fedsim import checkpoint as ckpt_io
+from fedsim.channels import BytesAxisCallback, wire_nbytes
 from fedsim.conf import to_plain
 from fedsim.config import RunConfig
 from fedsim.federation import Federation, load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.participation import ParticipationSampler
 from fedsim.payloads import Identity
-from fedsim.records import arrays_from_state, message_nbytes, state_from_arrays
+from fedsim.records import (
+    arrays_from_numpy,
+    arrays_from_state,
+    numpy_from_arrays,
+    state_from_arrays,
+)
 from fedsim.tracking import (
     Callback,
     JsonlCallback,
@@ -39,6 +50,49 @@ from strategies.base import FedsimStrategy, StrategyContext
 log = logging.getLogger(__name__)
 
 HPARAM_METRICS = ["eval/acc", "eval/global_acc", "train/loss"]
+#: Columns of TensorBoard's HPARAMS table besides HPARAM_METRICS (from the run summary).
+HPARAM_EXTRA = ["comm/bytes_up_total", "comm/bytes_down_total", "wall_s"]
+#: One CUSTOM SCALARS chart per metric, grouped by category.
+LAYOUT_METRICS = {
+    "eval": ["eval/acc", "eval/global_acc", "eval/loss", "eval/global_loss"],
+    "train": ["train/loss"],
+    "comm": ["comm/bytes_up_total", "comm/bytes_down_total", "comm/bytes_up", "comm/bytes_down"],
+    "time": ["time/elapsed_s", "time/round_s"],
+}
+
+
+def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard's CUSTOM SCALARS layout: one chart per metric, every run on it.
+
+    A chart's regex matches one tag exactly, so the chart draws that tag for every run
+    in the run selector: the strategies (and seeds) of a sweep on the same axes.
+    Per-client accuracies share one chart per run group.
+    """
+    layout: dict[str, dict[str, list[Any]]] = {
+        f"fedsim {group}": {m: ["Multiline", [f"^{re.escape(m)}$"]] for m in metrics}
+        for group, metrics in LAYOUT_METRICS.items()
+    }
+    layout["fedsim clients"] = {"eval/acc_client/*": ["Multiline", ["^eval/acc_client/"]]}
+    return layout
+
+
+def tag_hparams(tag: str) -> dict[str, float | str]:
+    """The swept keys of a multirun (``cfg.tag``: ``key=value,key=value``) as hparams.
+
+    Numbers become floats so that TensorBoard's HPARAMS tab can sort and plot them.
+    """
+    out: dict[str, float | str] = {}
+    key = ""
+    for part in tag.split(",") if tag else []:
+        if "=" not in part and key:  # a comma inside a value: glue it back
+            out[key] = f"{out[key]},{part}"
+            continue
+        key, _, value = part.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -51,22 +105,90 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return Path(*parts)
 
 
-def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
-    """Map partition ids to node ids: ask every node which partition it hosts."""
+NODE_WAIT_POLL_S = 0.5  # how often discovery re-reads the connected nodes while waiting
+
+
+def discover_nodes(
+    grid: Grid,
+    num_clients: int,
+    timeout: float,
+    min_clients: int = 1,
+    known: dict[int, int] | None = None,
+) -> dict[int, int]:
+    """Map partition ids to node ids: ask every node which partition it hosts.
+
+    In a deployment SuperNodes connect on their own schedule, so discovery first waits
+    (at most ``timeout`` seconds) until ``num_clients`` nodes are connected, then asks
+    those present; fewer than ``min_clients`` answers is an error.  With ``known`` (the
+    current map) nobody waits and only nodes not in it are asked: a SuperNode that
+    restarted has a new node id, and its answer replaces its partition's old node id.
+    """
     shortcut = getattr(grid, "node_map", None)
     if callable(shortcut):  # the inline grid knows it without a round trip
         return dict(shortcut())
     nodes = list(grid.get_node_ids())
-    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = grid.send_and_receive(msgs, timeout=timeout)
-    out: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while known is None and len(nodes) < num_clients and time.monotonic() < deadline:
+        time.sleep(NODE_WAIT_POLL_S)
+        nodes = list(grid.get_node_ids())
+    out: dict[int, int] = dict(known or {})
+    new = [n for n in nodes if n not in set(out.values())]
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
+    replies = grid.send_and_receive(msgs, timeout=timeout) if msgs else []
     for r in replies:
         if not r.has_error():
             out[Identity.from_record(r.content).partition_id] = r.metadata.src_node_id
+    if known is not None:
+        if replies:
+            log.info("rediscovered nodes: partition -> node %s", out)
+        return out
     missing = num_clients - len(out)
     if missing:
         log.warning("%d of %d clients did not answer the start-up query", missing, num_clients)
+    if len(out) < min_clients:
+        raise RuntimeError(
+            f"only {len(out)} of {num_clients} clients answered within {timeout:g} s "
+            f"(scenario.participation.min_clients={min_clients})"
+        )
     return out
+
+
+def rediscover_nodes(grid: Grid, node_of: dict[int, int], timeout: float) -> None:
+    """Update ``node_of`` in place when nodes unknown to it have connected (restarts).
+
+    Partitions whose node left keep their old node id: messages to it fail or time out
+    and are counted in ``sys/failed_clients`` until the partition's SuperNode is back.
+    """
+    if callable(getattr(grid, "node_map", None)):
+        return
+    if set(grid.get_node_ids()) - set(node_of.values()):
+        node_of.update(discover_nodes(grid, len(node_of), timeout, known=node_of))
+
+
+def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM finish the current round, write a checkpoint and stop the run.
+
+    Only possible in the main thread (the inline runtime); elsewhere the default
+    behaviour stays and the last periodic checkpoint is what a resume uses.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt(f"signal {signum}")
+        log.warning("signal %d: finishing this round, then checkpointing and stopping", signum)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def default_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
@@ -74,6 +196,7 @@ def default_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
         StatusCallback(run_dir),
         JsonlCallback(run_dir),
         TensorBoardCallback(run_dir),
+        BytesAxisCallback(run_dir),
         ProgressCallback(cfg.rounds, cfg.progress),
     ]
 
@@ -128,18 +251,33 @@ def run_experiment(
     callbacks: Iterable[Callback] | None = None,
 ) -> dict[str, float]:
     """Run all rounds of an experiment on ``grid``; returns the final metrics."""
-    fed = load_federation(cfg.scenario, cfg.seed)
+    # a synthetic problem (scenario.problem.kind, fedsim.problems) has no data and no
+    # backbone: the strategy provides the initial arrays and the metrics
+    synthetic = cfg.scenario.problem.kind != "classification"
+    fed = None if synthetic else load_federation(cfg.scenario, cfg.seed)
     spec = REGISTRY[cfg.strategy.name]
-    model = initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
-    local_keys = frozenset(spec.client_class().local_keys(model))
-    node_of = discover_nodes(grid, cfg.scenario.num_clients, cfg.runtime.timeout)
+    model = (
+        None
+        if fed is None
+        else initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
+    )
+    local_keys = (
+        frozenset(spec.client_class().local_keys(model)) if model is not None else frozenset()
+    )
+    node_of = discover_nodes(
+        grid,
+        cfg.scenario.num_clients,
+        min(cfg.runtime.timeout, cfg.runtime.wait_nodes),
+        cfg.scenario.participation.min_clients,
+    )
     sampler = ParticipationSampler(cfg.scenario.participation, cfg.scenario.num_clients, cfg.seed)
     strategy: FedsimStrategy = spec.server_class()(
-        StrategyContext(cfg, sampler, node_of, local_keys, list(fed.data.domains))
+        StrategyContext(cfg, sampler, node_of, local_keys, list(fed.data.domains) if fed else [])
     )
     server_eval = (
         ServerEval(cfg, fed)
-        if strategy.has_global_model
+        if fed is not None
+        and strategy.has_global_model
         and cfg.scenario.evaluation.global_test
         and len(fed.data.test_y)
         else None
@@ -147,8 +285,9 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     cbs = list(callbacks) if callbacks is not None else default_callbacks(cfg, run_dir)
     plain = to_plain(cfg)
-    text, image = partition_report(fed, run_dir)
-    (run_dir / "partition.txt").write_text(text + "\n")
+    text, image = partition_report(fed, run_dir) if fed is not None else ("", None)
+    if fed is not None:
+        (run_dir / "partition.txt").write_text(text + "\n")
     info = {
         "config": plain,
         "config_yaml": yaml.safe_dump(plain, sort_keys=False),
@@ -159,29 +298,75 @@ def run_experiment(
             "seed": cfg.seed,
             "rounds": cfg.rounds,
             "lr": cfg.train.lr,
+            **tag_hparams(cfg.tag),
         },
-        "hparam_metrics": [f"hparams/{m}" for m in HPARAM_METRICS],
+        "hparam_metrics": [f"hparams/{m}" for m in [*HPARAM_METRICS, *HPARAM_EXTRA]],
         "partition_text": text,
         "partition_image": image,
         "start_round": 1,
-        "layout": None,
+        "layout": custom_scalars_layout(),
     }
+    initial = strategy.initial_arrays()
+    if initial is None:
+        assert model is not None, "a problem without a backbone needs strategy.initial_arrays()"
+        initial = arrays_from_state(model.state_dict())
+    arrays = initial
+    totals = {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
+    start_round = 1
+    ckpt_path = run_dir / ckpt_io.CHECKPOINT_FILE
+    if cfg.resume:
+        resumed = ckpt_io.load(ckpt_path)
+        ckpt_io.check_compatible(resumed, plain, ckpt_path)
+        arrays = arrays_from_numpy(resumed.global_arrays)
+        strategy.load_state_dict(resumed.strategy)
+        restore = getattr(grid, "restore_client_states", None)
+        if callable(restore):
+            restore(resumed.clients)
+        elif resumed.clients:
+            log.warning("this runtime cannot restore client state; clients restart empty")
+        ckpt_io.restore_torch_rng(resumed.torch_rng)
+        totals.update({k: v for k, v in resumed.counters.items() if k in totals})
+        start_round = resumed.round + 1
+        log.info("resuming from round %d (%s)", resumed.round, ckpt_path)
+    info["start_round"] = start_round
     for cb in cbs:
         cb.on_start(info)
 
-    arrays = arrays_from_state(model.state_dict())
-    totals = {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
+    def save_checkpoint(done: int) -> None:
+        states = getattr(grid, "client_states", None)
+        ckpt_io.save(
+            ckpt_path,
+            ckpt_io.Checkpoint(
+                round=done,
+                config=plain,
+                global_arrays={k: np.array(v) for k, v in numpy_from_arrays(arrays).items()},
+                strategy=strategy.state_dict(),
+                clients=states() if callable(states) else {},
+                counters=dict(totals),
+                torch_rng=ckpt_io.torch_rng_state(),
+            ),
+        )
+
+    stop = threading.Event()
+    previous = _install_stop_handlers(stop)
     last: dict[str, float] = {}
     status = "failed"
     t_run = time.perf_counter()
     try:
-        for rnd in range(1, cfg.rounds + 1):
+        for rnd in range(start_round, cfg.rounds + 1):
             t0 = time.perf_counter()
+            if rnd > 1:
+                rediscover_nodes(grid, node_of, cfg.runtime.timeout)
             out = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
             replies = list(grid.send_and_receive(out, timeout=cfg.runtime.timeout)) if out else []
-            up = message_nbytes(r for r in replies if not r.has_error())
-            down = message_nbytes(out)
+            up = wire_nbytes(r for r in replies if not r.has_error())
+            down = wire_nbytes(out)
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            if len(replies) < len(out):  # no reply within runtime.timeout: failed too
+                lost = len(out) - len(replies)
+                log.warning("round %d: %d clients did not reply in time", rnd, lost)
+                failed = strategy.stats.get("sys/failed_clients", 0.0)
+                strategy.stats["sys/failed_clients"] = failed + lost
             if new_arrays is not None:
                 arrays = new_arrays
             totals["comm/bytes_up_total"] += up
@@ -208,12 +393,18 @@ def run_experiment(
             last.update(metrics)
             for cb in cbs:
                 cb.on_round(rnd, metrics)
+            every = cfg.checkpoint_every
+            if stop.is_set() or (every > 0 and (rnd % every == 0 or rnd == cfg.rounds)):
+                save_checkpoint(rnd)
+            if stop.is_set() and rnd < cfg.rounds:
+                raise KeyboardInterrupt(f"stopped by a signal after round {rnd}")
         torch.save(state_from_arrays(arrays), run_dir / "final_model.pt")
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
+        _restore_handlers(previous)
         summary = {
             k: v for k, v in last.items() if k in HPARAM_METRICS or k.startswith("comm/bytes_")
         }

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsim.config import FedAvgConfig, FedBNConfig, FedProxConfig, StrategyConfig
+from strategies.fedossl import (
+    FedoSSLConfig,
+    FedoSSLNoCalibConfig,
+    FedoSSLNoLSConfig,
+    FedoSSLOrcaConfig,
+)
+from strategies.fraug import FRAugConfig
+from strategies.masha import ExtragradientConfig, Masha2Config, MashaConfig, NaiveEGConfig
 
 
 @dataclass(frozen=True)
@@ -50,5 +58,59 @@ REGISTRY: dict[str, StrategySpec] = {
         "strategies.fedbn:FedBN",
         "clients.fedbn:FedBNClient",
         "FedAvg with client-local batch norm",
+    ),
+    "fraug": StrategySpec(
+        FRAugConfig,
+        "strategies.fraug:FRAug",
+        "clients.fraug:FRAugClient",
+        "shared generator + local RTNet feature augmentation",
+    ),
+    "fedossl": StrategySpec(
+        FedoSSLConfig,
+        "strategies.fedossl:FedoSSL",
+        "clients.fedossl:FedoSSLClient",
+        "open-world semi-supervised FL: suppressed loss + centroid calibration",
+    ),
+    "fedossl_orca": StrategySpec(
+        FedoSSLOrcaConfig,
+        "strategies.fedossl:FedoSSL",
+        "clients.fedossl:FedoSSLClient",
+        "baseline: FedAvg with ORCA's local objective (FedoSSL without L_S, calibration)",
+    ),
+    "fedossl_no_ls": StrategySpec(
+        FedoSSLNoLSConfig,
+        "strategies.fedossl:FedoSSL",
+        "clients.fedossl:FedoSSLClient",
+        "ablation: FedoSSL without the suppressed loss (the public code's objective)",
+    ),
+    "fedossl_no_calib": StrategySpec(
+        FedoSSLNoCalibConfig,
+        "strategies.fedossl:FedoSSL",
+        "clients.fedossl:FedoSSLClient",
+        "ablation: FedoSSL without calibration and pseudo-labels",
+    ),
+    "masha1": StrategySpec(
+        MashaConfig,
+        "strategies.masha:Masha1",
+        "clients.masha:MashaClient",
+        "MASHA1: compressed VI extragradient, unbiased compressors (RandK)",
+    ),
+    "masha2": StrategySpec(
+        Masha2Config,
+        "strategies.masha:Masha2",
+        "clients.masha:MashaClient",
+        "MASHA2: compressed VI extragradient, contractive compressors (TopK) + error feedback",
+    ),
+    "eg": StrategySpec(
+        ExtragradientConfig,
+        "strategies.masha:Extragradient",
+        "clients.masha:MashaClient",
+        "baseline: distributed extragradient (MASHA1 with tau = 0)",
+    ),
+    "naive_eg": StrategySpec(
+        NaiveEGConfig,
+        "strategies.masha:NaiveCompressedEG",
+        "clients.masha:MashaClient",
+        "baseline: extragradient compressing the operators (no reference point)",
     ),
 }

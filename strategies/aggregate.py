@@ -60,10 +60,14 @@ def is_finite_update(update: Arrays) -> bool:
 
 
 def update_norm(update: Arrays, reference: Arrays) -> float:
-    """L2 norm of ``update - reference`` over the floating-point keys both share."""
+    """L2 norm of ``update - reference`` over the floating-point keys both share.
+
+    One pass per array (a float32 difference and a BLAS dot product); NaN or Inf in the
+    update makes the result non-finite, so this doubles as a fast finiteness check.
+    """
     total = 0.0
     for key, value in update.items():
         if key in reference and np.issubdtype(value.dtype, np.floating):
-            diff = value.astype(np.float64) - reference[key]
-            total += float(np.dot(diff.ravel(), diff.ravel()))
+            diff = np.subtract(value, reference[key], dtype=np.float32).ravel()
+            total += float(np.dot(diff, diff))
     return float(np.sqrt(total))

@@ -10,6 +10,12 @@ deployment).  What fedsim adds here, once for all strategies:
   Flower's unseeded ``random.sample``;
 * keys that stay on the clients (FedBN's BN layers, ...) are neither sent nor aggregated;
 * replies that are errors, non-finite or of absurd norm are excluded and counted;
+* the communication channels (``channel.up`` / ``channel.down``, :mod:`fedsim.channels`):
+  the downlink is encoded per message (a fresh RandK mask per client), and a lossy uplink
+  carries the client's *update* (its arrays minus the arrays it decoded), which the server
+  decodes and adds back before aggregating.  A lossy downlink compresses the model
+  itself (FedAvg has no downlink reference point).  With both channels ``identity`` the
+  messages are exactly those of a run without channels;
 * per-round system statistics (``sys/...``) for the tracking callbacks.
 """
 
@@ -17,13 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from fedsim.channels import make_channel
 from fedsim.config import RunConfig
 from fedsim.participation import ParticipationSampler
 from fedsim.payloads import EvalIns, EvalRes, Scalar, TrainIns, TrainRes
@@ -67,6 +74,14 @@ class FedsimStrategy(FlowerFedAvg):
         self.ctx = ctx
         self._global: dict[str, np.ndarray] = {}
         self.stats: dict[str, float] = {}
+        self.up = make_channel(ctx.cfg.channel.up)
+        self.down = make_channel(ctx.cfg.channel.down)
+        self._received: dict[int, dict[str, np.ndarray]] = {}  # what each client decoded
+
+    def initial_arrays(self) -> ArrayRecord | None:
+        """The round-0 arrays when the strategy, not the backbone, defines them (problems
+        without a model, e.g. ``fedsim.problems``); None = the backbone's initial weights."""
+        return None
 
     # ------------------------------------------------------------------ helpers
     def shared(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -97,9 +112,14 @@ class FedsimStrategy(FlowerFedAvg):
         return weighted_average(updates, [res.num_examples for _, res in results])
 
     def _messages(self, record: RecordDict, pids: Iterable[int], kind: str) -> list[Message]:
+        """One message per client that some node hosts; the others count as unreachable."""
+        pids = [int(p) for p in pids]
+        hosted = [p for p in pids if p in self.ctx.node_of]
+        if kind == MessageType.TRAIN:
+            self.stats["sys/unreachable_clients"] = float(len(pids) - len(hosted))
         return [
-            Message(content=record, dst_node_id=self.ctx.node_of[int(p)], message_type=kind)
-            for p in pids
+            Message(content=record, dst_node_id=self.ctx.node_of[p], message_type=kind)
+            for p in hosted
         ]
 
     # ------------------------------------------------------------------ train
@@ -122,8 +142,43 @@ class FedsimStrategy(FlowerFedAvg):
             return []
         settings: dict[str, Scalar] = {k: v for k, v in config.items() if isinstance(v, Scalar)}
         settings.update(self.train_config(server_round))
-        ins = TrainIns(self.shared(arrays), server_round, settings)
-        return self._messages(ins.to_record(), sent, MessageType.TRAIN)
+        if self.down.name == "identity" and self.up.name == "identity":
+            ins = TrainIns(self.shared(arrays), server_round, settings)
+            return self._messages(ins.to_record(), sent, MessageType.TRAIN)
+        return self._encoded_messages(server_round, self.shared(arrays), settings, sent)
+
+    def _encoded_messages(
+        self, server_round: int, shared: ArrayRecord, settings: dict[str, Scalar], pids: list[int]
+    ) -> list[Message]:
+        """One message per client through ``channel.down``; remember what each decodes."""
+        like = numpy_from_arrays(shared)
+        self._received = {}
+        out: list[Message] = []
+        hosted = [p for p in pids if p in self.ctx.node_of]
+        unreachable = float(len(pids) - len(hosted))
+        for pid in hosted:
+            payload = shared
+            self._received[pid] = like
+            if self.down.name != "identity":
+                rng = derive_rng(self.ctx.cfg.seed, "channel/down", server_round, pid)
+                payload = self.down.encode(like, rng)
+                self._received[pid] = self.down.decode(payload, like)
+            ins = TrainIns(payload, server_round, settings)
+            out.extend(self._messages(ins.to_record(), [pid], MessageType.TRAIN))
+        self.stats["sys/unreachable_clients"] = unreachable
+        return out
+
+    def _decode_update(self, pid: int, res: TrainRes) -> TrainRes:
+        """A lossy uplink carries ``arrays - received``: add back what the client decoded."""
+        ref = self._received.get(pid)
+        if self.up.name == "identity" or ref is None:
+            return res
+        delta = self.up.decode(res.arrays, ref)
+        full = {
+            k: (ref[k] + d).astype(ref[k].dtype) if np.issubdtype(d.dtype, np.floating) else d
+            for k, d in delta.items()
+        }
+        return replace(res, arrays=arrays_from_numpy(full))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -138,7 +193,7 @@ class FedsimStrategy(FlowerFedAvg):
                 failed.append(pid)
                 log.warning("round %d: client %d failed: %s", server_round, pid, msg.error.reason)
                 continue
-            res = TrainRes.from_record(msg.content)
+            res = self._decode_update(pid, TrainRes.from_record(msg.content))
             update = numpy_from_arrays(res.arrays)
             if not is_finite_update(update):
                 rejected.append(pid)
@@ -194,6 +249,8 @@ class FedsimStrategy(FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         frac = self.ctx.cfg.scenario.evaluation.fraction
+        if frac == 0.0:
+            return []
         pids = np.array(sorted(self.ctx.node_of))
         if frac < 1.0:
             rng = derive_rng(self.ctx.cfg.seed, "evaluate", server_round)
@@ -226,6 +283,7 @@ def summarise_evaluation(
     per_client: dict[int, EvalRes], domain_names: list[str]
 ) -> dict[str, float]:
     """Mean over clients (unweighted), sample-weighted mean, per client and per domain."""
+    per_client = dict(sorted(per_client.items()))  # arrival order must not change the sums
     accs = {pid: res.metrics["acc"] for pid, res in per_client.items()}
     n = {pid: res.num_examples for pid, res in per_client.items()}
     out: dict[str, float] = {
