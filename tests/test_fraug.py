@@ -1,0 +1,353 @@
+"""FRAug (arXiv 2205.14900): what crosses the wire, the three losses, shapes, a 2-round run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Message
+
+from clients.fraug import (
+    FRAUG_OPTIM_KEY,
+    PROTOTYPES_KEY,
+    RTNET_KEY,
+    Augmenter,
+    cyclic_labels,
+    entropy,
+    make_generator,
+    make_rtnet,
+    mmd_kernel,
+    mmd_moments,
+    update_prototypes,
+)
+from fedsim.app import CONFIG_KEY, make_client_app
+from fedsim.backbones import BACKBONES, bn_running_stat_keys, bn_state_keys, build_backbone
+from fedsim.conf import to_json
+from fedsim.config import BackboneConfig
+from fedsim.errors import ConfigError
+from fedsim.modelzoo import initial_model
+from fedsim.records import numpy_from_arrays
+from fedsim.runner import execute
+from fedsim.runtime.inline import InlineGrid
+from fedsim.server import run_experiment
+from strategies.aggregate import weighted_average
+from strategies.fraug import (
+    GENERATOR_RECORD,
+    FRAugConfig,
+    bn_module_keys,
+    lambda_schedule,
+    rho_schedule,
+)
+
+FAST = ("strategy=fraug", "scenario.num_clients=3", "strategy.local_iterations=3")
+
+
+class RecordingGrid(InlineGrid):
+    """An InlineGrid that keeps every message sent and every reply received."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+
+def _run_recorded(cfg, tmp_path: Path) -> RecordingGrid:  # type: ignore[no-untyped-def]
+    grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
+    run_experiment(grid, cfg, tmp_path / "run")
+    return grid
+
+
+def _train_msgs(msgs: list[Message], server_round: int) -> list[Message]:
+    return [
+        m
+        for m in msgs
+        if m.has_content()
+        and "config" in m.content.config_records
+        and m.content.config_records["config"]["server-round"] == server_round
+        and m.metadata.message_type == "train"
+    ]
+
+
+def _all_arrays(msgs: list[Message]) -> list[np.ndarray]:
+    return [
+        arr.numpy()
+        for m in msgs
+        if m.has_content()
+        for rec in m.content.array_records.values()
+        for arr in rec.values()
+    ]
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from fedsim.conf import compose
+
+    tmp = tmp_path_factory.mktemp("fraug")
+    fast = [f"output_dir={tmp}", "progress=false", "backbone.width=0.25"]
+    cfg = compose([*fast, *FAST, "rounds=2"])
+    return cfg, _run_recorded(cfg, tmp)
+
+
+def test_rtnet_and_prototypes_never_reach_the_server(recorded) -> None:  # type: ignore[no-untyped-def]
+    cfg, grid = recorded
+    wire = _all_arrays(grid.sent) + _all_arrays(grid.received)
+    record_names = {
+        name for m in grid.sent + grid.received if m.has_content() for name in m.content
+    }
+    assert record_names.isdisjoint({RTNET_KEY, PROTOTYPES_KEY, FRAUG_OPTIM_KEY})
+
+    for pid in range(cfg.scenario.num_clients):
+        state = grid.context(grid.node_map()[pid]).state
+        private = numpy_from_arrays(state.array_records[RTNET_KEY])
+        private.update(numpy_from_arrays(state.array_records[PROTOTYPES_KEY]))
+        private.update(numpy_from_arrays(state.array_records[FRAUG_OPTIM_KEY]))
+        secret = {k: v for k, v in private.items() if v.dtype.kind == "f" and v.size > 1}
+        assert "mu" in secret and np.abs(secret["mu"]).sum() > 0  # prototypes were learned
+        assert any(k.startswith("rt/") for k in secret)  # RTNet momentum is kept
+        for key, value in secret.items():
+            for arr in wire:
+                same = arr.shape == value.shape and np.array_equal(arr, value)
+                assert not same, f"client {pid}'s private {key} was on the wire"
+
+
+def test_bn_running_statistics_stay_local_and_the_rest_travels(recorded) -> None:  # type: ignore[no-untyped-def]
+    cfg, grid = recorded
+    model = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed)
+    running = bn_running_stat_keys(model)
+    assert running
+    keys = {
+        k
+        for m in grid.sent + grid.received
+        if m.has_content() and "arrays" in m.content.array_records
+        for k in m.content.array_records["arrays"]
+    }
+    assert not (running & keys)
+    assert set(model.state_dict()) - running == keys  # BN affine weights are shared (code)
+
+
+def test_generator_is_sent_back_averaged_and_broadcast(recorded) -> None:  # type: ignore[no-untyped-def]
+    _, grid = recorded
+    assert all(GENERATOR_RECORD not in m.content for m in _train_msgs(grid.sent, 1))
+    replies = [
+        r for r in grid.received if r.has_content() and GENERATOR_RECORD in r.content.array_records
+    ]
+    first = replies[:3]  # round-1 train replies come first
+    assert len(first) == 3
+    gens = [numpy_from_arrays(r.content.array_records[GENERATOR_RECORD]) for r in first]
+    weights = [r.content.metric_records["metrics"]["num-examples"] for r in first]
+    key = next(k for k in gens[0] if k.endswith("weight"))
+    assert not np.allclose(gens[0][key], gens[1][key])  # clients trained G differently
+    expected = weighted_average(gens, weights)  # type: ignore[arg-type]
+
+    round2 = _train_msgs(grid.sent, 2)
+    assert len(round2) == 3
+    for m in round2:
+        got = numpy_from_arrays(m.content.array_records[GENERATOR_RECORD])
+        assert set(got) == set(expected)
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-7)
+
+
+def test_local_bn_all_keeps_every_batch_norm_tensor_local(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = fast_cfg(*FAST, "rounds=1", "strategy.local_bn=all", "strategy.local_iterations=1")
+    grid = _run_recorded(cfg, tmp_path)
+    model = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed)
+    bn = bn_state_keys(model)
+    keys = {
+        k
+        for m in grid.sent + grid.received
+        if m.has_content() and "arrays" in m.content.array_records
+        for k in m.content.array_records["arrays"]
+    }
+    assert keys and not (bn & keys)
+    assert set(model.state_dict()) - bn == keys
+
+
+def test_two_round_run_end_to_end(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    cfg = fast_cfg(*FAST, "rounds=2")
+    record = execute(cfg)
+    assert record["status"] == "complete"
+    run_dir = Path(record["run_dir"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    last = rows[-1]
+    for key in ("eval/acc", "train/fraug_loss_g", "train/fraug_loss_rt", "train/fraug_loss_syn"):
+        assert math.isfinite(last[key]), key
+    assert last["fraug/lambda"] == pytest.approx(0.5)  # gamma 0.002: rho > 0.5 throughout
+    assert rows[1]["comm/bytes_down"] > rows[0]["comm/bytes_down"]  # + generator from round 2
+
+
+def test_bad_choices_are_rejected_when_the_config_loads(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"strategy\.dist_rt"):
+        fast_cfg("strategy=fraug", "strategy.dist_rt=cosine")
+    with pytest.raises(ConfigError, match=r"strategy\.noise"):
+        fast_cfg("strategy=fraug", "strategy.noise=laplace")
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def test_schedules_hand_numbers() -> None:
+    assert rho_schedule(101, 100, 0.01) == pytest.approx(1.0)  # t = T
+    assert rho_schedule(1, 100, 0.01) == pytest.approx(math.exp(-1.0))
+    assert lambda_schedule(0.2) == 0.2 and lambda_schedule(0.9) == 0.5
+
+
+def test_cyclic_labels_are_balanced_rotations() -> None:
+    cpu = torch.device("cpu")
+    assert cyclic_labels(0, 5, 3, cpu).tolist() == [0, 1, 2, 0, 1]
+    assert cyclic_labels(1, 5, 3, cpu).tolist() == [2, 0, 1, 2, 0]  # offset 5 mod 3
+
+
+def test_prototype_ema_only_moves_classes_in_the_batch() -> None:
+    mu = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    feats = torch.tensor([[11.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    out = update_prototypes(mu, feats, torch.tensor([0, 0, 2]), 0.3)
+    # class 0: 0.7 * 1 + 0.3 * mean(11, 1) = 2.5 and 0.7 * 1 + 0.3 * 1 = 1.0; class 1 absent
+    torch.testing.assert_close(out, torch.tensor([[2.5, 1.0], [2.0, 2.0], [3.6, 3.6]]))
+
+
+def test_distances_vanish_on_identical_samples_and_grow_apart() -> None:
+    a = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    for dist in (mmd_moments, mmd_kernel):
+        assert float(dist(a, a)) == pytest.approx(0.0, abs=1e-6)
+        assert float(dist(a, a + 3.0)) > 0.1
+
+
+def test_entropy_of_uniform_logits_is_log_c() -> None:
+    assert float(entropy(torch.zeros(3, 4))) == pytest.approx(math.log(4))
+
+
+def test_bn_module_keys_adds_the_affine_weights() -> None:
+    local = {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"}
+    all_keys = [*local, "bn1.weight", "bn1.bias", "conv1.weight", "bn10.weight"]
+    assert bn_module_keys(local, all_keys) == local | {"bn1.weight", "bn1.bias"}
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _toy(name: str = "cnn_digits", shape: tuple[int, int, int] = (3, 16, 16)):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    classes, batch = 5, 10
+    model = build_backbone(BackboneConfig(name=name, width=0.25), shape, classes)
+    cfg = FRAugConfig()
+    d = model.feature_dim
+    aug = Augmenter(
+        cfg,
+        make_generator(cfg, classes, d, seed=0),
+        make_rtnet(cfg, classes, d, seed=0, pid=0),
+        torch.rand(classes, d),
+        classes,
+    )
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *shape, generator=gen)
+    y = torch.arange(batch) % classes
+    dz = aug.g.latent_dim
+    z = (torch.rand(batch, dz, generator=gen), torch.rand(batch, dz, generator=gen))
+    y_cyc = cyclic_labels(3, batch, classes, torch.device("cpu"))
+    return model, aug, x, y, z, y_cyc
+
+
+def _descends(loss_fn, params, steps: int = 15, lr: float = 0.05) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    opt = torch.optim.SGD(params, lr=lr)
+    first = float(loss_fn().detach())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    return first, float(loss_fn().detach())
+
+
+def test_model_loss_alone_decreases_on_a_fixed_batch() -> None:
+    model, aug, x, y, z, y_cyc = _toy()
+    model.train()
+    aug.g.eval()
+    aug.t.eval()
+    lam = 0.5
+
+    def loss() -> torch.Tensor:
+        feats = model.features(x)
+        real = torch.nn.functional.cross_entropy(model.head(feats), y)
+        return (1 - lam) * real + lam * aug.classifier_loss(model.head, feats, y, z, y_cyc, 0.9)
+
+    before, after = _descends(loss, list(model.parameters()))
+    assert after < before
+
+
+def test_synthetic_term_only_trains_the_head() -> None:
+    model, aug, x, y, z, y_cyc = _toy()
+    aug.g.eval()
+    aug.t.eval()
+    feats = model.features(x)
+    aug.classifier_loss(model.head, feats, y, z, y_cyc, 0.9).backward()
+    head = {id(p) for p in model.head.parameters()}
+    for p in model.parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) == (id(p) in head)
+    assert all(p.grad is None for p in [*aug.g.parameters(), *aug.t.parameters()])
+
+
+@pytest.mark.parametrize("dist", ["L2", "MMD", "MMD_kernel"])
+def test_generator_loss_alone_decreases_on_a_fixed_batch(dist: str) -> None:
+    model, aug, x, _y, z, y_cyc = _toy()
+    aug.cfg.dist_g = dist
+    model.eval()
+    aug.g.train()
+    with torch.no_grad():
+        real = model.features(x)
+    before, after = _descends(
+        lambda: aug.generator_loss(model.head, z[0], y_cyc, real), list(aug.g.parameters())
+    )
+    assert after < before
+
+
+@pytest.mark.parametrize("dist", ["L2", "MMD_kernel"])
+def test_rtnet_loss_alone_decreases_on_a_fixed_batch(dist: str) -> None:
+    model, aug, x, y, z, y_cyc = _toy()
+    aug.cfg.dist_rt = dist
+    model.eval()
+    aug.g.eval()
+    aug.t.train()
+    with torch.no_grad():
+        real = model.features(x)
+    before, after = _descends(
+        lambda: aug.rtnet_loss(model.head, z, y_cyc, real, y), list(aug.t.parameters())
+    )
+    assert after < before
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_shapes_for_every_backbone(name: str) -> None:
+    model, aug, x, y, z, y_cyc = _toy(name, (3, 16, 16))
+    b, d = len(y), model.feature_dim
+    assert aug.g.latent_dim == max(1, d // 2)
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(x)
+        gen = aug.g(z[0], y_cyc)
+        res = aug.t(gen, y_cyc)
+        synthetic = aug.synthetic(feats, z[1], y, 0.5)
+    assert feats.shape == gen.shape == res.shape == synthetic.shape == (b, d)
+    assert (gen >= 0).all()  # post-ReLU like the backbones' embeddings
+    assert model.head(synthetic).shape == (b, 5)
+    for value in (
+        aug.classifier_loss(model.head, feats, y, z, y_cyc, 0.5),
+        aug.generator_loss(model.head, z[0], y_cyc, feats),
+        aug.rtnet_loss(model.head, z, y_cyc, feats, y),
+    ):
+        assert value.shape == () and torch.isfinite(value)
