@@ -1,0 +1,429 @@
+"""FedoSSL client (Zhang et al., ICML 2023, arXiv 2305.00771; server side and deviations in
+``strategies.fedossl``).
+
+The local objective of one mini-batch (spec §3), added to the shared training loop as a
+``TrainHooks.loss`` (``y = -1`` marks samples whose label is hidden):
+
+``L = CE_m + L_BCE - R + [t >= t_c] w_c L_clu + [t >= t_p] CE_pseudo + s lam_S (L_S1 + L_S2)``
+
+* ``CE_margin``: cross-entropy on labelled samples with the target logit raised by
+  ``s * m``, ``m = min(u_bar, cap)`` (ORCA's uncertainty-adaptive margin);
+* ``L_BCE``: ``-log <p_i, p'_pi(i)>``, partner = a random other labelled sample of the same
+  class, or the most cosine-similar other sample of the batch for unlabelled ones;
+* ``R``: entropy of the mean prediction (keeps clusters from collapsing);
+* ``L_clu``: cross-entropy between the centroid assignments ``q = softmax(Cg n(f) / T)`` of
+  view 1 and those of the partner's view 2; ``CE_pseudo``: CE towards ``argmax q`` on
+  unlabelled samples with ``max q`` above the threshold;
+* ``L_S``: ``w_yhat (1 - p_yhat) / |C|`` on unlabelled samples, per view, with
+  ``w_c = beta^(1 - N_c / N_max)`` (:func:`strategies.fedossl.suppression_weights`).
+
+Persistent client state (``context.state``):
+
+* ``fedsim.local`` — batch-norm running statistics (never leave the client);
+* ``fedossl.state`` — the memory bank of L2-normalised features (FIFO, ``memory_size``
+  rows, newest first), the last local centroids and the last round's labelled feature
+  sums / counts per class (recomputed every round, kept for inspection);
+* ``fedsim.optim`` — optimizer state when ``train.persist_optimizer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import RecordDict
+from torch import nn
+
+from clients.base import Client, ClientEnv
+from clients.training import TrainHooks, train_local
+from fedsim.backbones import Backbone, NormedLinear, bn_running_stat_keys, replace_head
+from fedsim.federation import Federation
+from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
+from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
+from fedsim.records import arrays_from_state, state_from_arrays
+from fedsim.seeding import derive_rng, torch_generator
+from strategies.fedossl import (
+    LOCAL_RECORD,
+    CentroidsPayload,
+    ClusterPayload,
+    FedoSSLConfig,
+    fedossl_config,
+    local_kmeans,
+    suppression_weights,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "fedossl.state"
+HIDDEN = -1  # label value of samples whose label the client does not know
+_SETUP_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def augment(
+    x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random crop with zero padding + random horizontal flip, per sample, on a batch.
+
+    ``x`` is ``N x C x H x W``; each sample is padded by ``padding`` pixels on every side
+    and a random ``H x W`` window is cut (torchvision's ``RandomCrop(H, padding)``), then
+    mirrored with probability 1/2 if ``flip``.
+    """
+    n, _, h, w = x.shape
+    out = x
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N x H x 1
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N x 1 x W
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out.contiguous()
+
+
+# --------------------------------------------------------------------------- loss terms
+
+
+def margin_cross_entropy(logits: torch.Tensor, target: torch.Tensor, shift: float) -> torch.Tensor:
+    """CE with the target logit raised by ``shift`` (ORCA's ``MarginLoss(m=-m, s)``)."""
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    bump = F.one_hot(target, logits.shape[1]).to(logits.dtype) * shift
+    return F.cross_entropy(logits + bump, target)
+
+
+def pair_partners(
+    feats: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None
+) -> torch.Tensor:
+    """Index of each sample's positive partner in the batch.
+
+    A labelled sample (``y >= 0``) gets a random *other* labelled sample of its class (itself
+    if it is the only one); an unlabelled sample gets the most cosine-similar other sample
+    of the whole batch (ORCA).  ``feats`` should be detached.
+    """
+    n = feats.shape[0]
+    fn = F.normalize(feats, dim=1)
+    sim = fn @ fn.T
+    sim.fill_diagonal_(-float("inf"))
+    partner = sim.argmax(1) if n > 1 else torch.zeros(1, dtype=torch.long, device=feats.device)
+    lab = torch.nonzero(y >= 0).squeeze(1)
+    if lab.numel():
+        yl = y[lab]
+        same = yl[:, None] == yl[None, :]
+        same.fill_diagonal_(False)
+        noise = torch.rand(same.shape, generator=gen).to(feats.device)
+        choice = torch.where(same, noise, torch.full_like(noise, -1.0)).argmax(1)
+        own = torch.arange(lab.numel(), device=feats.device)
+        choice = torch.where(same.any(1), choice, own)
+        partner[lab] = lab[choice]
+    return partner
+
+
+def suppressed_loss(probs: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``mean_i w_yhat_i * mean_c |p_ic - p~_ic| = mean_i w_yhat_i (1 - p_i,yhat_i) / |C|``."""
+    if probs.shape[0] == 0:
+        return probs.sum() * 0.0
+    top, yhat = probs.max(1)
+    return (weights[yhat.detach()] * (1.0 - top)).mean() / num_classes
+
+
+@dataclass
+class FedoSSLObjective:
+    """The per-batch FedoSSL loss; also fills the memory bank and the labelled sums."""
+
+    cfg: FedoSSLConfig
+    server_round: int
+    margin: float
+    weights: torch.Tensor  # suppression weights per class
+    centroids: torch.Tensor | None  # global centroids (|C| x D), or None
+    memory: torch.Tensor  # M x D, newest first
+    num_classes: int
+    padding: int
+    gen: torch.Generator
+    labeled_sum: torch.Tensor = field(init=False)
+    labeled_count: torch.Tensor = field(init=False)
+    parts: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+
+    def __post_init__(self) -> None:
+        dim = self.memory.shape[1]
+        self.labeled_sum = torch.zeros(self.num_classes, dim)
+        self.labeled_count = torch.zeros(self.num_classes)
+
+    def _log(self, name: str, value: torch.Tensor) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + float(value.detach())
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert isinstance(model, Backbone)
+        c = self.cfg
+        n = x.shape[0]
+        views = torch.cat(
+            [
+                augment(x, self.padding, c.hflip, self.gen),
+                augment(x, self.padding, c.hflip, self.gen),
+            ]
+        )
+        feats = model.features(views)
+        logits = model.head(feats)
+        f1, f2 = feats[:n], feats[n:]
+        o1, o2 = logits[:n], logits[n:]
+        p1, p2 = F.softmax(o1, dim=1), F.softmax(o2, dim=1)
+        lab = y >= 0
+        unl = ~lab
+
+        ce = margin_cross_entropy(o1[lab], y[lab], c.margin_scale * self.margin)
+        partner = pair_partners(f1.detach(), y, self.gen)
+        pos = (p1 * p2[partner]).sum(1).clamp(1e-7, 1.0)
+        bce = -torch.log(pos).mean()
+        mean_p = p1.mean(0).clamp_min(1e-8)
+        entropy = -(mean_p * torch.log(mean_p)).sum()
+        loss = ce + bce - entropy
+        self._log("ce", ce)
+        self._log("bce", bce)
+        self._log("entropy", entropy)
+
+        cg = self.centroids
+        if cg is not None and c.calibration and self.server_round >= c.calib_start_round:
+            q1 = F.softmax(F.normalize(f1, dim=1) @ cg.T / c.temperature, dim=1)
+            q2 = F.softmax(F.normalize(f2, dim=1) @ cg.T / c.temperature, dim=1)
+            clu = -(q1 * torch.log(q2[partner].clamp_min(1e-8))).sum(1).mean()
+            loss = loss + c.calib_weight * clu
+            self._log("calib", clu)
+            if c.pseudo_labels and self.server_round >= c.pseudo_start_round and unl.any():
+                conf, target = q1[unl].detach().max(1)
+                keep = conf > c.pseudo_threshold
+                if keep.any():
+                    pseudo = F.cross_entropy(o1[unl][keep], target[keep])
+                    loss = loss + pseudo
+                    self._log("pseudo", pseudo)
+        if c.suppress_weight > 0 and unl.any():
+            ls = suppressed_loss(p1[unl], self.weights, self.num_classes) + suppressed_loss(
+                p2[unl], self.weights, self.num_classes
+            )
+            loss = loss + c.suppress_sign * c.suppress_weight * ls
+            self._log("suppress", ls)
+
+        with torch.no_grad():
+            fresh = F.normalize(f1.detach().float(), dim=1).cpu()
+            self.memory = torch.cat([fresh, self.memory])[: c.memory_size]
+            if lab.any():
+                self.labeled_sum.index_add_(0, y[lab].cpu(), fresh[lab.cpu()])
+                self.labeled_count += torch.bincount(y[lab].cpu(), minlength=self.num_classes)
+        self.batches += 1
+        return loss
+
+    def metrics(self) -> dict[str, float]:
+        return {f"loss_{k}": v / max(1, self.batches) for k, v in self.parts.items()}
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _crop_padding(cfg: FedoSSLConfig, height: int) -> int:
+    return cfg.crop_padding if cfg.crop_padding >= 0 else max(1, height // 8)
+
+
+_EVAL_SETS: dict[tuple[int, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def evaluation_set(fed: Federation, protocol: str, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples every client is scored on (cached per federation).
+
+    ``transductive``: every unlabelled training sample of the federation (union over
+    clients); ``heldout``: the global test set.  ``cap > 0`` keeps a fixed random subset.
+    """
+    key = (id(fed), protocol, cap)
+    with _SETUP_LOCK:
+        hit = _EVAL_SETS.get(key)
+        if hit is not None:
+            return hit
+        if protocol == "transductive":
+            idx = np.unique(np.concatenate(fed.train_parts))
+            if fed.labeled is not None:
+                idx = idx[~fed.labeled[idx]]
+            x, y = fed.data.train_x[idx], fed.data.train_y[idx]
+        else:
+            x, y = fed.data.test_x, fed.data.test_y
+        if 0 < cap < len(y):
+            pick = np.sort(derive_rng(fed.seed, "fedossl-eval").permutation(len(y))[:cap])
+            x, y = x[pick], y[pick]
+        _EVAL_SETS.clear()
+        _EVAL_SETS[key] = (x, y)
+        return x, y
+
+
+class FedoSSLClient(Client):
+    """Client with the FedoSSL objective, a memory bank and local clustering."""
+
+    def __init__(self, env: ClientEnv, pid: int, state: RecordDict) -> None:
+        _install_cosine_head(env)
+        super().__init__(env, pid, state)
+        self.fcfg = fedossl_config(env.cfg)
+        self.roles: ClassRoles = class_roles(env.cfg.scenario.open_world, env.fed.data.num_classes)
+
+    @staticmethod
+    def local_keys(model: nn.Module) -> set[str]:
+        """BN running statistics stay local; the linear head's bias (absent from the
+        cosine head) is never sent."""
+        keys = bn_running_stat_keys(model)
+        if "head.bias" in model.state_dict():
+            keys.add("head.bias")
+        return keys
+
+    # ---------------------------------------------------------------- helpers
+    def _set_trainable(self) -> None:
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(not self.fcfg.freeze_backbone or name.startswith(("layer4.", "head.")))
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Softmax outputs in eval mode."""
+        self.model.eval()
+        out = [
+            F.softmax(self.model(x[i : i + batch_size].to(self.env.device)).float(), dim=1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+        num = self.env.fed.data.num_classes
+        return torch.cat(out) if out else torch.zeros(0, num)
+
+    def _uncertainty(self, x_unl: torch.Tensor, rnd: int) -> tuple[float, torch.Tensor]:
+        """``u_bar = 1 - mean max softmax`` and prediction counts ``N_c`` on unlabelled data."""
+        num = self.env.fed.data.num_classes
+        cap = self.fcfg.uncertainty_samples
+        if 0 < cap < len(x_unl):
+            pick = torch.randperm(
+                len(x_unl), generator=torch_generator(self.cfg.seed, "fedossl-u", rnd, self.pid)
+            )[:cap]
+            x_unl = x_unl[pick]
+        probs = self._predict(x_unl)
+        if probs.shape[0] == 0:
+            return 0.0, torch.zeros(num)
+        conf, pred = probs.max(1)
+        return float(1.0 - conf.mean()), torch.bincount(pred, minlength=num).float()
+
+    def _memory(self, dim: int) -> torch.Tensor:
+        if STATE_KEY in self.state.array_records:
+            saved = state_from_arrays(self.state.array_records[STATE_KEY])
+            if saved["memory"].shape[1:] == (dim,):
+                return saved["memory"].float()
+        return torch.zeros(0, dim)
+
+    # ---------------------------------------------------------------- messages
+    def fit(self, ins: TrainIns) -> TrainRes:
+        data = self.env.fed.client(self.pid)
+        f = self.fcfg
+        lab = (
+            data.labeled if data.labeled is not None else torch.ones_like(data.y, dtype=torch.bool)
+        )
+        y_train = torch.where(lab, data.y, torch.full_like(data.y, HIDDEN))
+        model = self.model
+        assert isinstance(model, Backbone)
+        num = self.env.fed.data.num_classes
+        down = CentroidsPayload.from_extra(ins.extra)
+        with self.env.lock:
+            self.load(ins.arrays)
+            self._set_trainable()
+            u_bar, counts = self._uncertainty(data.x[~lab], ins.server_round)
+            margin = min(u_bar, f.margin_cap)
+            opt = self.optimizer()
+            gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
+            aug_gen = torch_generator(self.cfg.seed, "fedossl-aug", ins.server_round, self.pid)
+            objective = FedoSSLObjective(
+                f,
+                ins.server_round,
+                margin,
+                suppression_weights(counts, f.suppress_beta).to(self.env.device),
+                None
+                if down is None
+                else torch.from_numpy(down.centroids.copy()).to(self.env.device),
+                self._memory(model.feature_dim),
+                num,
+                _crop_padding(f, int(data.x.shape[2])),
+                aug_gen,
+            )
+            stats = train_local(
+                model,
+                data.x,
+                y_train,
+                self.cfg.train,
+                opt,
+                gen,
+                self.env.device,
+                self.cfg.precision,
+                TrainHooks(loss=objective),
+            )
+            extra = {}
+            state = {
+                "memory": objective.memory,
+                "labeled_sum": objective.labeled_sum,
+                "labeled_count": objective.labeled_count,
+            }
+            if f.calibration and objective.memory.shape[0] > 0:
+                kgen = torch_generator(self.cfg.seed, "fedossl-kmeans", ins.server_round, self.pid)
+                cent = local_kmeans(
+                    objective.memory,
+                    f.local_centroids,
+                    f.kmeans_iters,
+                    kgen,
+                    f.sk_lambda,
+                    f.sk_iters_local,
+                )
+                state["local_centroids"] = cent
+                extra[LOCAL_RECORD] = ClusterPayload(
+                    cent.numpy(), objective.labeled_sum.numpy(), objective.labeled_count.numpy()
+                ).to_record()
+            self.state[STATE_KEY] = arrays_from_state(state)
+            self.save_local()
+            self.save_optimizer(opt)
+            out = self.shared_state()
+        metrics = {
+            "loss": stats.loss,
+            "steps": float(stats.steps),
+            "margin": margin,
+            "labeled_fraction": float(lab.float().mean()) if len(lab) else 0.0,
+            **objective.metrics(),
+        }
+        return TrainRes(out, len(data.y), metrics, extra)
+
+    def evaluate(self, ins: EvalIns) -> EvalRes:
+        x, y = evaluation_set(self.env.fed, self.fcfg.protocol, self.fcfg.eval_samples)
+        with self.env.lock:
+            self.load(ins.arrays)
+            probs = self._predict(x)
+        pred = probs.argmax(1).numpy()
+        metrics = open_world_metrics(pred, y.numpy(), self.roles)
+        seen = torch.from_numpy(np.isin(y.numpy(), self.roles.seen))
+        loss = (
+            float(F.nll_loss(torch.log(probs[seen].clamp_min(1e-12)), y[seen]))
+            if seen.any()
+            else 0.0
+        )
+        metrics["acc"] = metrics.get("acc_all", 0.0)
+        metrics["loss"] = loss
+        metrics["domain"] = 0.0
+        return EvalRes(len(y), metrics)
+
+
+def _install_cosine_head(env: ClientEnv) -> None:
+    """Swap the process-wide model's linear head for FedoSSL's cosine head (once)."""
+    with _SETUP_LOCK:
+        model = env.model
+        assert isinstance(model, Backbone)
+        if isinstance(model.head, NormedLinear):
+            return
+        num = env.fed.data.num_classes
+        with torch.random.fork_rng(devices=[]):  # leave the global generator untouched
+            head = NormedLinear(model.feature_dim, num)
+        replace_head(model, head)
+        env.init_state.pop("head.bias", None)
+        env.init_state["head.weight"] = head.weight.detach().cpu().clone()

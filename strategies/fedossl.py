@@ -1,0 +1,586 @@
+"""FedoSSL: Zhang, Ma, Guo, Xu, "Towards Unbiased Training in Federated Open-world
+Semi-supervised Learning", ICML 2023, arXiv 2305.00771.
+
+Implementation spec: ``shared/specs/fedossl.md`` (official code github.com/cugzj/FedoSSL,
+commit dbaf341, an ORCA + Orchestra derivative).
+
+What runs where
+---------------
+Server (this module, :class:`FedoSSL`):
+
+* averages the shared parameters with *equal* client weights (the code's ``1/K``):
+  backbone, batch-norm affine weights and the cosine head; batch-norm running statistics
+  are buffers in the code and never travel, so they stay on the clients;
+* global clustering (Orchestra): the clients' local centroids ``Z`` are clustered into
+  ``|C|`` global centroids ``Cg`` by 500 SGD steps matching ``softmax(Cg n(Z)/T)`` to
+  balanced Sinkhorn-Knopp targets (:func:`global_clustering`, :func:`sinkhorn`);
+* alignment: the global centroid closest to the (count-weighted) mean labelled feature of
+  seen class ``c`` is moved to row ``c``, the others fill the unseen rows in index order
+  (:func:`align_centroids`), so cluster ids equal head ids on seen classes;
+* broadcasts the averaged parameters and ``Cg`` (an extra ``ArrayRecord``,
+  :class:`CentroidsPayload`);
+* aggregates the clients' open-world evaluation (``eval/acc_seen``, ``eval/acc_unseen``,
+  ``eval/acc_all``, ``eval/acc_unseen_local``, ``eval/acc_unseen_global``).
+
+Client (``clients.fedossl``): the local objective (margin CE, pairwise BCE, entropy
+regulariser, calibration against ``Cg``, confident pseudo-labels, uncertainty-aware
+suppressed loss ``L_S``) through the shared training loop, then SK-balanced local k-means on
+its memory bank; it sends its local centroids and per-class sums of labelled features
+(:class:`ClusterPayload`: summaries, not data).  The memory bank, the prediction counts
+used by ``L_S`` and the batch-norm running statistics stay on the client across rounds.
+
+Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLConfig`)
+--------------------------------------------------------------------------------------
+* ``L_S`` is computed but commented out of the loss in every public file (spec §9.1). It is
+  *on* here, as the paper describes it: ``suppress_weight`` 2 per view (the commented
+  coefficient) and ``suppress_sign`` -1 (the CINIC file's sign).  The full text was not
+  available; -1 is the direction that *suppresses* (raises the uncertainty of)
+  frequently predicted classes, whose weight ``beta^(1 - N_c/N_max)`` is close to 1,
+  which is what "suppressed loss ... to alleviate the biased training between locally
+  and globally unseen classes" describes; ``suppress_sign=1`` gives the CIFAR file's
+  sign, ``suppress_weight=0`` the public code's behaviour.  ``N_c`` are dynamic counts of
+  predictions on the client's unlabelled data at the start of the round (CINIC file),
+  not the CIFAR file's hard-coded counts.
+* The uncertainty ``u_bar`` of the adaptive margin is computed once per round on the
+  client's own unlabelled samples (at most ``uncertainty_samples``), not before every
+  local epoch on the shared transductive set.
+* A batch is a uniform random draw of the client's samples (the shared loop), so its
+  labelled share is proportional to ``n_l / (n_l + n_u)`` in expectation, not exactly.
+  Both views go through one forward pass (batch-norm statistics over both views).
+* The memory bank is filled by training forwards only (the code also writes evaluation
+  features into it, spec §9.6).  Labelled class means are sums of L2-normalised features
+  over the round, averaged on the server weighted by counts (the code averages the
+  clients' means with weights ``1/K``).
+* Calibration ``L_clu`` starts at round ``calib_start_round`` and pseudo-labels at
+  ``pseudo_start_round`` (1-based: the code's ``t >= 5`` and ``t >= 7`` with 0-based t).
+* Default initialisation is from scratch: the SimCLR checkpoints of ORCA cannot be
+  downloaded here.  ``checkpoint=<path>`` loads a local state dict into the initial
+  model (``module.``/``encoder.`` prefixes stripped, ORCA's ``shortcut`` renamed to
+  ``downsample``), and ``freeze_backbone=true`` freezes everything but ``layer4`` and the
+  head, as in the paper's protocol.
+* Evaluation: ``protocol=transductive`` scores every client on the union of all unlabelled
+  training samples (same set for every client, as ORCA/FedoSSL do);
+  ``protocol=heldout`` on the global test set.  Each client uses the shared model with its
+  own batch-norm statistics; the reported number is the mean over clients.
+
+Baselines and ablations are registry entries of the same classes with other defaults:
+``fedossl_orca`` (FedAvg + ORCA's local objective: no ``L_S``, no calibration, no
+pseudo-labels, no clustering), ``fedossl_no_ls`` and ``fedossl_no_calib`` (no ``L_clu``
+and no pseudo-labels, which both come from the global centroids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.config import RunConfig, StrategyConfig
+from fedsim.errors import ConfigError
+from fedsim.payloads import TrainRes
+from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.seeding import derive_seed
+from strategies.aggregate import weighted_average
+from strategies.base import FedsimStrategy, StrategyContext
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("transductive", "heldout")
+OPEN_WORLD_KEYS = (
+    "acc_seen",
+    "acc_unseen",
+    "acc_all",
+    "acc_unseen_local",
+    "acc_unseen_global",
+)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class FedoSSLConfig(StrategyConfig):
+    """FedoSSL hyper-parameters; defaults are the official code's (spec §6) unless noted."""
+
+    name: str = "fedossl"
+    # uncertainty-aware suppressed loss L_S (paper; off in the public code)
+    suppress_weight: float = 2.0  # lambda_S per view (the commented coefficient); 0 = off
+    suppress_sign: float = -1.0  # -1: suppress frequent classes (CINIC file); +1: CIFAR file
+    suppress_beta: float = 0.2  # w_c = beta^(1 - N_c / N_max)
+    # calibration against the server's global centroids
+    calibration: bool = True  # L_clu, and the global clustering that feeds it
+    calib_weight: float = 0.5
+    calib_start_round: int = 6  # 1-based (code: t >= 5, 0-based)
+    pseudo_labels: bool = True  # CE on unlabelled samples with max q > pseudo_threshold
+    pseudo_threshold: float = 0.95
+    pseudo_start_round: int = 8  # 1-based (code: t >= 7, 0-based)
+    # ORCA terms
+    margin_cap: float = 0.5  # m = min(u_bar, margin_cap)
+    margin_scale: float = 10.0  # s: the target logit is raised by s * m
+    temperature: float = 0.1  # T of the centroid softmaxes
+    uncertainty_samples: int = 1024  # unlabelled samples used for u_bar and N_c (0 = all)
+    # clustering
+    local_centroids: int = 32
+    memory_size: int = 1024
+    kmeans_iters: int = 5
+    sk_lambda: float = 25.0
+    sk_iters_local: int = 10
+    sk_iters_global: int = 100
+    global_steps: int = 500
+    global_lr: float = 0.01
+    # augmentation (two views on tensors)
+    crop_padding: int = -1  # -1: image height / 8 (4 px on 32x32, as the code)
+    hflip: bool = True  # random horizontal flip (turn off for digits)
+    # evaluation and initialisation
+    protocol: str = "transductive"  # transductive | heldout
+    eval_samples: int = 0  # > 0: evaluate on a fixed random subset of this size
+    checkpoint: str = ""  # local state-dict file (e.g. a SimCLR ResNet-18); "" = scratch
+    freeze_backbone: bool = False  # train only layer4 and the head (paper, with checkpoint)
+
+
+@dataclass
+class FedoSSLOrcaConfig(FedoSSLConfig):
+    """FedAvg with ORCA's local objective: FedoSSL without L_S and calibration."""
+
+    name: str = "fedossl_orca"
+    suppress_weight: float = 0.0
+    calibration: bool = False
+    pseudo_labels: bool = False
+
+
+@dataclass
+class FedoSSLNoLSConfig(FedoSSLConfig):
+    """Ablation: FedoSSL without the suppressed loss (the public code's objective)."""
+
+    name: str = "fedossl_no_ls"
+    suppress_weight: float = 0.0
+
+
+@dataclass
+class FedoSSLNoCalibConfig(FedoSSLConfig):
+    """Ablation: FedoSSL without calibration (no L_clu, no pseudo-labels, no clustering)."""
+
+    name: str = "fedossl_no_calib"
+    calibration: bool = False
+    pseudo_labels: bool = False
+
+
+def fedossl_config(cfg: RunConfig) -> FedoSSLConfig:
+    """The typed strategy config of a run (ConfigError if it is not a FedoSSL one)."""
+    s = cfg.strategy
+    if not isinstance(s, FedoSSLConfig):
+        raise ConfigError(f"strategy: '{s.name}' is not a FedoSSL configuration")
+    return s
+
+
+def validate_fedossl(cfg: RunConfig) -> None:
+    """Semantic checks of a FedoSSL run; ConfigError names the key and what is allowed."""
+    s = fedossl_config(cfg)
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(
+        cfg.scenario.open_world.enabled,
+        f"scenario.open_world.enabled: strategy {s.name} needs an open-world scenario "
+        "(e.g. scenario=cifar10_open_world)",
+    )
+    need(
+        s.protocol in PROTOCOLS,
+        f"strategy.protocol: unknown '{s.protocol}' (allowed: {', '.join(PROTOCOLS)})",
+    )
+    checks = [  # (key, holds, what is allowed)
+        ("suppress_sign", s.suppress_sign in (-1.0, 1.0), "-1 or 1"),
+        ("suppress_weight", s.suppress_weight >= 0, ">= 0"),
+        ("suppress_beta", 0 < s.suppress_beta <= 1, "in (0, 1]"),
+        ("temperature", s.temperature > 0, "> 0"),
+        ("pseudo_threshold", 0 < s.pseudo_threshold <= 1, "in (0, 1]"),
+        ("margin_cap", s.margin_cap >= 0, ">= 0"),
+        ("local_centroids", s.local_centroids >= 1, ">= 1"),
+        ("memory_size", s.memory_size >= s.local_centroids, ">= strategy.local_centroids"),
+        ("kmeans_iters", s.kmeans_iters >= 1, ">= 1"),
+        ("global_steps", s.global_steps >= 0, ">= 0"),
+        ("global_lr", s.global_lr > 0, "> 0"),
+        ("sk_lambda", s.sk_lambda > 0, "> 0"),
+        ("eval_samples", s.eval_samples >= 0, ">= 0"),
+        ("uncertainty_samples", s.uncertainty_samples >= 0, ">= 0"),
+    ]
+    for key, holds, allowed in checks:
+        need(holds, f"strategy.{key}: must be {allowed}, got {getattr(s, key)}")
+    if s.checkpoint:
+        need(
+            Path(s.checkpoint).expanduser().is_file(),
+            f"strategy.checkpoint: file not found: {s.checkpoint}",
+        )
+    if s.freeze_backbone:
+        need(
+            cfg.backbone.name == "resnet18",
+            "strategy.freeze_backbone: only for backbone=resnet18 (it trains layer4 and the "
+            f"head), got backbone={cfg.backbone.name}",
+        )
+
+
+# --------------------------------------------------------------------------- payloads
+
+GLOBAL_RECORD = "fedossl.global"
+LOCAL_RECORD = "fedossl.local"
+
+
+@dataclass(frozen=True)
+class CentroidsPayload:
+    """Server -> client: the aligned global centroids ``Cg`` (``|C| x D``)."""
+
+    centroids: np.ndarray
+
+    def to_record(self) -> ArrayRecord:
+        return arrays_from_numpy({"centroids": self.centroids.astype(np.float32)})
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, ArrayRecord]) -> CentroidsPayload | None:
+        if GLOBAL_RECORD not in extra:
+            return None
+        return cls(numpy_from_arrays(extra[GLOBAL_RECORD])["centroids"])
+
+
+@dataclass(frozen=True)
+class ClusterPayload:
+    """Client -> server: local centroids and per-class sums/counts of labelled features."""
+
+    local_centroids: np.ndarray  # (n_local, D), rows L2-normalised
+    labeled_sum: np.ndarray  # (|C|, D), sums of L2-normalised labelled features
+    labeled_count: np.ndarray  # (|C|,)
+
+    def to_record(self) -> ArrayRecord:
+        return arrays_from_numpy(
+            {
+                "local_centroids": self.local_centroids.astype(np.float32),
+                "labeled_sum": self.labeled_sum.astype(np.float32),
+                "labeled_count": self.labeled_count.astype(np.float32),
+            }
+        )
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, ArrayRecord]) -> ClusterPayload | None:
+        if LOCAL_RECORD not in extra:
+            return None
+        a = numpy_from_arrays(extra[LOCAL_RECORD])
+        return cls(a["local_centroids"], a["labeled_sum"], a["labeled_count"])
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def suppression_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """``w_c = beta^(1 - N_c / N_max)``: 1 for the most predicted class, ``beta`` for unpredicted.
+
+    All ones when nothing was counted.
+    """
+    counts = counts.to(torch.float32)
+    top = float(counts.max()) if counts.numel() else 0.0
+    if top <= 0:
+        return torch.ones_like(counts)
+    return torch.pow(torch.full_like(counts, beta), 1.0 - counts / top)
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, lam: float = 25.0, iters: int = 100) -> torch.Tensor:
+    """Balanced soft assignments of ``N`` samples to ``K`` clusters (Orchestra's ``sknopp``).
+
+    Starts from ``softmax(lam * scores)`` and alternately rescales clusters (each to total
+    mass ``N / K``) and samples (each row to sum 1); stops early when the sample scaling
+    changes by less than 1 %.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``N x K`` similarities.
+    lam : float
+        Inverse temperature of the initial softmax.
+    iters : int
+        Maximum number of scaling rounds.
+
+    Returns
+    -------
+    torch.Tensor
+        ``N x K``, rows sum to 1, columns to about ``N / K``.
+    """
+    n, k = scores.shape
+    # NumPy float64: the loop is thousands of tiny products per global-clustering call,
+    # where torch's per-op overhead dominates.
+    logits = scores.detach().double().cpu().numpy() * lam
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs = (probs / probs.sum(axis=1, keepdims=True)).T  # K x N
+    r = np.full(k, 1.0 / k)
+    c = np.full(n, 1.0 / n)
+    for it in range(iters):
+        r = (1.0 / k) / np.maximum(probs @ c, 1e-300)
+        c_new = (1.0 / n) / np.maximum(r @ probs, 1e-300)
+        err = float(np.nansum(np.abs(c / c_new - 1))) if it % 10 == 0 else 1.0
+        c = c_new
+        if err < 1e-2:
+            break
+    out = (probs * c[None, :]).T * r[None, :] * n
+    return torch.from_numpy(out).to(dtype=torch.float32, device=scores.device)
+
+
+@torch.no_grad()
+def local_kmeans(
+    bank: torch.Tensor,
+    k: int,
+    iters: int,
+    gen: torch.Generator,
+    lam: float = 25.0,
+    sk_iters: int = 10,
+) -> torch.Tensor:
+    """SK-balanced spherical k-means of the memory bank (Orchestra's ``local_clustering``).
+
+    Centroids start from ``k`` random rows (with replacement if the bank is smaller), are
+    reassigned ``iters`` times by :func:`sinkhorn`; an empty cluster takes a random row.
+    Returns ``k x D`` L2-normalised centroids.
+    """
+    z = F.normalize(bank.float(), dim=1)
+    n = z.shape[0]
+    replace = n < k
+    pick = (
+        torch.randint(n, (k,), generator=gen) if replace else torch.randperm(n, generator=gen)[:k]
+    )
+    cent = z[pick].clone()
+    for _ in range(iters):
+        owner = sinkhorn(z @ cent.T, lam, sk_iters).argmax(1)
+        for j in range(k):
+            members = z[owner == j]
+            if members.shape[0] == 0:
+                members = z[torch.randint(n, (1,), generator=gen)]
+            cent[j] = F.normalize(members.mean(0), dim=0)
+    return cent
+
+
+def global_clustering(
+    centroids: torch.Tensor,
+    z: torch.Tensor,
+    steps: int,
+    lr: float = 0.01,
+    temperature: float = 0.1,
+    lam: float = 25.0,
+    sk_iters: int = 100,
+) -> tuple[torch.Tensor, float]:
+    """Fit global centroids to the clients' local centroids (Orchestra's ``global_clustering``).
+
+    Each step: targets ``A = sinkhorn(Cg Z^T)``, predictions ``P = softmax(Cg n(Z) / T)``,
+    loss ``-mean cos(A_i, P_i)``, one SGD step (lr, momentum 0.9, weight decay 1e-4), rows
+    of ``Cg`` re-normalised.  Deterministic.
+
+    Returns
+    -------
+    tuple
+        The new ``|C| x D`` centroids (rows unit length) and the mean loss over the steps.
+    """
+    cg = torch.nn.Parameter(F.normalize(centroids.detach().float().clone(), dim=1))
+    zn = F.normalize(z.detach().float(), dim=1)
+    opt = torch.optim.SGD([cg], lr=lr, momentum=0.9, weight_decay=1e-4)
+    total = 0.0
+    for _ in range(steps):
+        with torch.no_grad():
+            targets = sinkhorn(z.float() @ cg.T, lam, sk_iters)
+        opt.zero_grad()
+        probs = F.softmax(zn @ cg.T / temperature, dim=1)
+        loss = -F.cosine_similarity(targets, probs, dim=-1).mean()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            cg.copy_(F.normalize(cg, dim=1))
+        total += float(loss.detach())
+    return cg.detach(), total / max(1, steps)
+
+
+def align_centroids(
+    centroids: np.ndarray, labeled_means: np.ndarray, seen: Iterable[int]
+) -> np.ndarray:
+    """Reorder global centroids so that row ``c`` of every seen class ``c`` is its cluster.
+
+    For each seen class in increasing order, the not-yet-taken centroid most cosine-similar
+    to the class's mean labelled feature goes to row ``c`` (the code takes the 2nd best when
+    the best is taken; greedily skipping taken ones generalises that).  The remaining
+    centroids fill the other rows in index order.  Seen classes without labelled features
+    (all-zero mean) are treated as unseen rows.
+
+    Parameters
+    ----------
+    centroids : numpy.ndarray
+        ``|C| x D`` global centroids.
+    labeled_means : numpy.ndarray
+        ``|C| x D``; row ``c`` is the mean labelled feature of class ``c``.
+    seen : iterable of int
+        The seen classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        The permuted ``|C| x D`` centroids.
+    """
+    num = centroids.shape[0]
+    cn = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    mn = labeled_means / np.maximum(np.linalg.norm(labeled_means, axis=1, keepdims=True), 1e-12)
+    row_of: dict[int, int] = {}
+    taken: set[int] = set()
+    for c in sorted(int(s) for s in seen):
+        if not np.any(labeled_means[c]):
+            continue
+        for j in np.argsort(-(cn @ mn[c]), kind="stable"):
+            if int(j) not in taken:
+                row_of[c] = int(j)
+                taken.add(int(j))
+                break
+    rest = iter(j for j in range(num) if j not in taken)
+    order = [row_of[r] if r in row_of else next(rest) for r in range(num)]
+    return centroids[order]
+
+
+def load_checkpoint_arrays(
+    path: str, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int]:
+    """Overwrite ``arrays`` entries with same-named, same-shaped tensors of a checkpoint.
+
+    Accepts a plain state dict or one under ``state_dict``; strips ``module.`` and
+    ``encoder.`` prefixes and renames ORCA's ``shortcut`` to ``downsample``.  Returns the
+    updated arrays and how many were loaded (ConfigError if none matched).
+    """
+    blob = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and "state_dict" in blob:
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict):
+        raise ConfigError(f"strategy.checkpoint: {path} does not hold a state dict")
+    out = dict(arrays)
+    loaded = 0
+    for key, tensor in blob.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        name = str(key)
+        for prefix in ("module.", "encoder."):
+            name = name.removeprefix(prefix)
+        name = name.replace("shortcut", "downsample")
+        if name in out and tuple(out[name].shape) == tuple(tensor.shape):
+            out[name] = tensor.detach().cpu().numpy().astype(out[name].dtype)
+            loaded += 1
+    if loaded == 0:
+        raise ConfigError(
+            f"strategy.checkpoint: no tensor of {path} matches the model's names and shapes"
+        )
+    return out, loaded
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+class FedoSSL(FedsimStrategy):
+    """FedAvg (equal weights) + global clustering, alignment and open-world evaluation."""
+
+    #: The cosine head exists only on the clients (the server's reference model has a
+    #: linear head) and batch-norm statistics are local: no central evaluation.
+    has_global_model = False
+
+    def __init__(self, ctx: StrategyContext) -> None:
+        super().__init__(ctx)
+        validate_fedossl(ctx.cfg)
+        self.fcfg = fedossl_config(ctx.cfg)
+        self.centroids: np.ndarray | None = None
+        self.cluster_loss = float("nan")
+        self._initialised = False
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not self._initialised and self.fcfg.checkpoint:
+            loaded, n = load_checkpoint_arrays(self.fcfg.checkpoint, numpy_from_arrays(arrays))
+            log.info("fedossl: %d tensors loaded from %s", n, self.fcfg.checkpoint)
+            arrays = arrays_from_numpy(loaded)
+        self._initialised = True
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.centroids is not None and self.fcfg.calibration:
+            record = CentroidsPayload(self.centroids).to_record()
+            for msg in messages:
+                msg.content[GLOBAL_RECORD] = record
+        return messages
+
+    def aggregate_arrays(self, results: list[tuple[int, TrainRes]]) -> dict[str, np.ndarray]:
+        """Equal-weight average (code: ``1/K``), then global clustering and alignment."""
+        updates = [numpy_from_arrays(res.arrays) for _, res in results]
+        merged = weighted_average(updates, [1.0] * len(updates))
+        if self.fcfg.calibration:
+            payloads = [ClusterPayload.from_extra(res.extra) for _, res in results]
+            usable = [p for p in payloads if p is not None]
+            if usable:
+                self._cluster(usable)
+        return merged
+
+    def _cluster(self, payloads: list[ClusterPayload]) -> None:
+        z = torch.from_numpy(np.concatenate([p.local_centroids for p in payloads]))
+        sums = np.sum([p.labeled_sum for p in payloads], axis=0)
+        counts = np.sum([p.labeled_count for p in payloads], axis=0)
+        means = sums / np.maximum(counts, 1.0)[:, None]
+        num_classes, dim = means.shape
+        if self.centroids is None or self.centroids.shape != (num_classes, dim):
+            gen = torch.Generator().manual_seed(derive_seed(self.ctx.cfg.seed, "fedossl-cg"))
+            init = torch.rand(num_classes, dim, generator=gen) * 2 - 1
+            self.centroids = F.normalize(init, dim=1).numpy()
+        f = self.fcfg
+        cg, self.cluster_loss = global_clustering(
+            torch.from_numpy(self.centroids),
+            z,
+            f.global_steps,
+            f.global_lr,
+            f.temperature,
+            f.sk_lambda,
+            f.sk_iters_global,
+        )
+        seen = self.ctx.cfg.scenario.open_world.seen_classes
+        self.centroids = align_centroids(cg.numpy(), means, seen)
+
+    def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        if not self.fcfg.calibration or self.centroids is None:
+            return {}
+        return {"fedossl/global_cluster_loss": self.cluster_loss}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {} if self.centroids is None else {"centroids": self.centroids}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.centroids = state.get("centroids")
+        self._initialised = True  # a resumed run must not reload the checkpoint
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The base summary (``eval/acc`` = mean all-class accuracy) + open-world means."""
+        replies = list(replies)
+        base = super().aggregate_evaluate(server_round, replies)
+        if base is None:
+            return None
+        out = {k: float(v) for k, v in base.items()}  # type: ignore[arg-type]
+        per_key: dict[str, list[float]] = {k: [] for k in OPEN_WORLD_KEYS}
+        for msg in replies:
+            if msg.has_error():
+                continue
+            metrics = _metrics_of(msg.content)
+            for key in OPEN_WORLD_KEYS:
+                if key in metrics:
+                    per_key[key].append(metrics[key])
+        for key, vals in per_key.items():
+            if vals:
+                out[key] = float(np.mean(vals))
+        return MetricRecord(out)  # type: ignore[arg-type]
+
+
+def _metrics_of(content: RecordDict) -> dict[str, float]:
+    from fedsim.payloads import EvalRes
+
+    return EvalRes.from_record(content).metrics

@@ -1,0 +1,267 @@
+"""FedoSSL maths on hand-checkable numbers, and one short federated run on the wire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import Message
+
+from clients.fedossl import (
+    STATE_KEY,
+    augment,
+    margin_cross_entropy,
+    pair_partners,
+    suppressed_loss,
+)
+from fedsim.app import CONFIG_KEY, make_client_app
+from fedsim.conf import to_json
+from fedsim.errors import ConfigError
+from fedsim.runtime.inline import InlineGrid
+from fedsim.server import run_experiment
+from strategies.fedossl import (
+    GLOBAL_RECORD,
+    LOCAL_RECORD,
+    align_centroids,
+    global_clustering,
+    local_kmeans,
+    sinkhorn,
+    suppression_weights,
+    validate_fedossl,
+)
+
+# ------------------------------------------------------------------ suppressed loss
+
+
+def test_suppression_weights_follow_beta_power() -> None:
+    # w_c = beta^(1 - N_c / N_max): the most predicted class 1, an unpredicted one beta
+    w = suppression_weights(torch.tensor([10.0, 5.0, 0.0]), beta=0.2)
+    assert torch.allclose(w, torch.tensor([1.0, 0.2**0.5, 0.2]))
+
+
+def test_suppression_weights_are_ones_without_counts() -> None:
+    assert torch.equal(suppression_weights(torch.zeros(4), 0.2), torch.ones(4))
+
+
+def test_suppressed_loss_is_weighted_one_minus_top_probability_over_classes() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    w = torch.tensor([1.0, 0.5, 0.2])
+    # sample 1: 1.0 * 0.3 / 3 = 0.1; sample 2: 0.2 * 0.2 / 3 = 0.01333; mean 0.056667
+    assert float(suppressed_loss(probs, w, 3)) == pytest.approx((0.1 + 0.04 / 3) / 2)
+    # it is mean_c |p - p~| with p~ = p with its argmax set to 1
+    tilde = probs.clone()
+    tilde[torch.arange(2), probs.argmax(1)] = 1.0
+    direct = (w[probs.argmax(1)] * (probs - tilde).abs().mean(1)).mean()
+    assert float(suppressed_loss(probs, w, 3)) == pytest.approx(float(direct))
+
+
+# ------------------------------------------------------------------ ORCA terms
+
+
+def test_margin_cross_entropy_raises_the_target_logit() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.0]])
+    target = torch.tensor([0])
+    raised = torch.tensor([[1.0 + 5.0, 2.0, 0.0]])
+    assert float(margin_cross_entropy(logits, target, 5.0)) == pytest.approx(
+        float(F.cross_entropy(raised, target))
+    )
+    assert float(margin_cross_entropy(logits, target, 0.0)) == pytest.approx(
+        float(F.cross_entropy(logits, target))
+    )
+
+
+def test_pair_partners_same_class_for_labelled_nearest_for_unlabelled() -> None:
+    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    y = torch.tensor([0, 0, 1, -1, -1])
+    partner = pair_partners(feats, y, torch.Generator().manual_seed(0))
+    assert partner[0] == 1 and partner[1] == 0  # the other labelled sample of class 0
+    assert partner[2] == 2  # the only labelled sample of class 1 pairs with itself
+    assert partner[3] == 2  # unlabelled: the most similar other sample
+    assert partner[4] == 0
+
+
+def test_augment_keeps_shape_and_is_identity_without_crop_and_flip() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert torch.equal(augment(x, 0, False), x)
+    gen = torch.Generator().manual_seed(1)
+    flipped = augment(x, 0, True, gen)
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+    cropped = augment(x, 1, False, torch.Generator().manual_seed(2))
+    assert cropped.shape == x.shape
+    # every crop is a shifted window: its centre pixels come from the image or are zero pad
+    assert set(cropped.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+# ------------------------------------------------------------------ clustering
+
+
+def test_sinkhorn_assignments_are_balanced_even_when_scores_are_not() -> None:
+    scores = torch.zeros(100, 4)
+    scores[:, 0] = 1.0  # every sample prefers cluster 0
+    a = sinkhorn(scores, lam=25.0, iters=100)
+    assert torch.allclose(a.sum(1), torch.ones(100), atol=1e-5)  # rows: one unit each
+    assert torch.allclose(a.sum(0), torch.full((4,), 25.0), atol=0.5)  # columns: N / K
+
+
+def test_local_kmeans_finds_separated_directions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(4, 8)
+    bank = torch.cat([c + 0.05 * torch.randn(30, 8, generator=gen) for c in centres])
+    found = local_kmeans(bank, 4, 5, torch.Generator().manual_seed(1))
+    assert found.shape == (4, 8)
+    assert torch.allclose(found.norm(dim=1), torch.ones(4), atol=1e-5)
+    sim = found @ centres.T  # every true direction has a centroid close to it
+    assert (sim.max(0).values > 0.95).all()
+
+
+def test_global_clustering_returns_unit_rows_and_lowers_its_loss() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(40, 6, generator=gen), dim=1)
+    start = F.normalize(torch.randn(3, 6, generator=gen), dim=1)
+    _, first = global_clustering(start, z, steps=1)
+    cg, mean_loss = global_clustering(start, z, steps=50)
+    assert torch.allclose(cg.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert mean_loss < first
+
+
+def test_alignment_moves_each_seen_class_centroid_to_its_head_row() -> None:
+    e = np.eye(4)
+    centroids = np.stack([e[3], e[1], e[2], e[0]])  # clusters in shuffled order
+    means = np.zeros((4, 4))
+    means[0] = e[1] + 0.1 * e[2]  # class 0's labelled features point along e1
+    means[1] = e[0]  # class 1's along e0
+    aligned = align_centroids(centroids, means, seen=[0, 1])
+    assert np.array_equal(aligned[0], e[1])
+    assert np.array_equal(aligned[1], e[0])
+    # the rest keep index order: original rows 0 (e3) and 2 (e2)
+    assert np.array_equal(aligned[2], e[3]) and np.array_equal(aligned[3], e[2])
+
+
+def test_alignment_takes_the_next_best_when_the_best_is_taken() -> None:
+    e = np.eye(3)
+    centroids = np.stack([e[0], e[1], e[2]])
+    means = np.stack([e[0], e[0] + 0.5 * e[2], np.zeros(3)])  # both seen classes like row 0
+    aligned = align_centroids(centroids, means, seen=[0, 1])
+    assert np.array_equal(aligned[0], e[0]) and np.array_equal(aligned[1], e[2])
+    assert np.array_equal(aligned[2], e[1])
+
+
+# ------------------------------------------------------------------ config and wire
+
+
+def test_fedossl_needs_an_open_world_scenario(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    cfg = fast_cfg("strategy=fedossl")
+    with pytest.raises(ConfigError, match=r"scenario\.open_world\.enabled"):
+        validate_fedossl(cfg)
+    cfg.scenario.open_world.enabled = True
+    cfg.strategy.protocol = "x"
+    with pytest.raises(ConfigError, match=r"strategy\.protocol: unknown 'x'"):
+        validate_fedossl(cfg)
+
+
+def test_registry_variants_switch_the_right_terms() -> None:
+    from strategies import REGISTRY
+
+    full, orca, no_ls, no_calib = (
+        REGISTRY[n].config()
+        for n in ("fedossl", "fedossl_orca", "fedossl_no_ls", "fedossl_no_calib")
+    )
+    assert full.suppress_weight > 0 and full.calibration and full.pseudo_labels
+    assert orca.suppress_weight == 0 and not orca.calibration and not orca.pseudo_labels
+    assert no_ls.suppress_weight == 0 and no_ls.calibration
+    assert no_calib.suppress_weight > 0 and not no_calib.calibration
+    names = {REGISTRY[n].config().name for n in REGISTRY if n.startswith("fedossl")}
+    assert names == {"fedossl", "fedossl_orca", "fedossl_no_ls", "fedossl_no_calib"}
+
+
+class RecordingGrid(InlineGrid):
+    """An InlineGrid that keeps every message sent and every reply received."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+
+def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
+    fast_cfg,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    from clients.base import LOCAL_KEY
+    from fedsim.backbones import bn_running_stat_keys
+    from fedsim.modelzoo import initial_model
+
+    cfg = fast_cfg(
+        "strategy=fedossl",
+        "scenario=digits_open_world",
+        "rounds=2",
+        "strategy.calib_start_round=2",
+        "strategy.pseudo_start_round=2",
+        "strategy.global_steps=20",
+        "strategy.hflip=false",
+        "strategy.memory_size=64",
+        "strategy.local_centroids=8",
+        "train.batch_size=64",
+        "runtime.threads=1",
+    )
+    grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
+    run_experiment(grid, cfg, tmp_path / "run")
+    sent_train = [m for m in grid.sent if m.has_content() and GLOBAL_RECORD in m.content]
+    assert sent_train, "round 2 must carry the global centroids"
+    cg = sent_train[0].content[GLOBAL_RECORD]["centroids"].numpy()
+    assert cg.shape[0] == 10 and np.allclose(np.linalg.norm(cg, axis=1), 1.0, atol=1e-4)
+    ups = [r for r in grid.received if r.has_content() and LOCAL_RECORD in r.content]
+    assert len(ups) == 2 * 5  # every client, every round
+    local = ups[0].content[LOCAL_RECORD]
+    assert local["local_centroids"].numpy().shape[0] == 8
+    assert local["labeled_count"].numpy()[6:].sum() == 0  # no label of an unseen class
+    # BN running statistics and the memory bank never travel
+    stats = bn_running_stat_keys(initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed))
+    wire = {
+        k
+        for m in grid.sent + grid.received
+        if m.has_content()
+        for r in m.content.array_records.values()
+        for k in r
+    }
+    assert not (stats & wire) and "memory" not in wire
+    state = grid.context(grid.node_map()[0]).state
+    assert STATE_KEY in state.array_records and LOCAL_KEY in state.array_records
+    assert state.array_records[STATE_KEY]["memory"].numpy().shape[0] == 64
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    for key in ("acc_seen", "acc_unseen", "acc_all", "acc_unseen_local", "acc_unseen_global"):
+        assert f'"eval/{key}"' in metrics
+
+
+def test_checkpoint_loading_strips_prefixes_and_renames_shortcut(tmp_path: Path) -> None:
+    from fedsim.backbones import ResNet18
+    from strategies.fedossl import load_checkpoint_arrays
+
+    model = ResNet18((3, 8, 8), 10, width=0.125)
+    arrays = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    key = "layer2.0.downsample.0.weight"
+    saved = {
+        "module.conv1.weight": torch.full_like(model.state_dict()["conv1.weight"], 0.5),
+        "module." + key.replace("downsample", "shortcut"): torch.ones_like(model.state_dict()[key]),
+        "module.linear.weight": torch.zeros(3, 3),  # ORCA's head: no match, ignored
+    }
+    path = tmp_path / "simclr.pth.tar"
+    torch.save({"state_dict": saved}, path)
+    loaded, count = load_checkpoint_arrays(str(path), arrays)
+    assert count == 2
+    assert np.all(loaded["conv1.weight"] == 0.5) and np.all(loaded[key] == 1.0)
+    assert np.array_equal(loaded["layer1.0.conv1.weight"], arrays["layer1.0.conv1.weight"])
+    torch.save({"other.weight": torch.zeros(2)}, path)
+    with pytest.raises(ConfigError, match="no tensor"):
+        load_checkpoint_arrays(str(path), arrays)
