@@ -1,0 +1,593 @@
+"""MASHA1 / MASHA2: Beznosikov, Richtárik, Diskin, Ryabinin, Gasnikov, "Distributed Methods
+with Compressed Communication for Solving Variational Inequalities, with Theoretical
+Guarantees", NeurIPS 2022, arXiv 2110.03313 — and two baselines (extragradient, naive
+compressed extragradient).  Algorithm boxes follow ``shared/specs/masha.md`` (sections 3-5),
+which reconstructs them from the paper's summary (no official code exists).
+
+What runs where.  Every device keeps ``z^k``, the reference point ``w^k`` and ``F(w^k)``
+(plus MASHA2's error memory ``e_m``) in its client state (``clients.masha``); these only
+change through broadcasts, so the server keeps bit-identical mirrors (it applies the same
+pure functions below to the same decoded payloads) and logs ``masha/rel_dist`` from them.
+One round = one message each way:
+
+* **step round** (sampled devices): ``zbar = tau z + (1 - tau) w``,
+  ``z_half = prox(zbar - gamma F(w))``, device ``m`` sends the *compressed operator
+  difference* ``Q(F_m(z_half) - F_m(w))`` (MASHA1) or ``C(e_m + gamma (F_m(z_half) - F_m(w)))``
+  with error feedback (MASHA2) through ``channel.up``.  The server averages what it
+  decoded over the participants and broadcasts it through ``channel.down`` (re-compressed
+  when the downlink is lossy = bidirectional compression; MASHA2's server keeps its own
+  error ``e`` then), encoded once so every device decodes the same vector.  Then it draws
+  ``b_k ~ Bernoulli(1 - tau)``.
+* **sync round** (after ``b_k = 1``, every device): ``w = z^{k+1}``; devices send the dense
+  ``F_m(w)``, the server broadcasts the dense ``F(w)`` in the next round's message.  The
+  first round is a sync round (``z^0 = w^0``).
+
+The downlink of round ``r`` carries the result of round ``r - 1`` (the broadcast and
+``b``, or ``F(w)``), so an iteration costs one round, or two when ``b_k = 1`` (spec section
+9).  Every device receives every broadcast (also the devices not sampled in a step round:
+they must keep their copies current); non-sampled devices reply with an empty record.
+
+Choices where the spec is unsure (see ``docs/results/masha.md``):
+
+* MASHA2 puts ``gamma`` inside the compressed quantity (standard error-feedback form,
+  spec section 4) and has a server error only when the downlink is lossy.
+* Defaults: ``tau = 1 - 1/beta`` with ``beta = d / k`` of the uplink (``1 / ratio``; 4 for
+  int8 QSGD, 1 for lossless channels); MASHA1 ``gamma = c sqrt(1 - tau) / L_hat`` with
+  ``L_hat^2 = q_serv (L^2 + (q_dev - 1)/M mean_m L_m^2)``; MASHA2
+  ``gamma = c min(sqrt(1 - tau), 1/(delta_dev delta_serv)) / max_m L_m``; EG and naive EG
+  ``gamma = c / L``.  ``L`` and ``L_m`` are known for the bilinear problem only; the
+  adversarial problem needs ``strategy.gamma`` set.
+* Partial participation: sampled devices in step rounds, every device in sync rounds
+  (spec section 5); the average is over the devices that replied.
+* MASHA2 is analysed without constraints; on the adversarial problem fedsim still
+  projects ``delta`` (deviation).
+* Naive compressed EG: ``z_half = prox(z - gamma Q(F(z)))``, ``z+ = prox(z - gamma Q(F(z_half)))``,
+  each a compressed round trip (2 rounds per iteration), no reference point.
+* Uncompressed EG is MASHA1 with ``tau = 0`` (``b_k = 1`` always): its step round sends
+  ``F_m(z_half) - F_m(z)`` and its sync round ``F_m(z)``, i.e. exactly extragradient's two
+  dense round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+
+from fedsim.channels import Channel, IdentityChannel, make_channel
+from fedsim.config import RunConfig, StrategyConfig
+from fedsim.errors import ConfigError
+from fedsim.payloads import Scalar, TrainIns, TrainRes
+from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.seeding import derive_rng
+from strategies.base import FedsimStrategy, StrategyContext
+
+log = logging.getLogger(__name__)
+
+Prox = Callable[[np.ndarray], np.ndarray]
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass
+class MashaConfig(StrategyConfig):
+    """MASHA1 (unbiased compressors, e.g. ``channel.up=randk``)."""
+
+    name: str = "masha1"
+    gamma: float = 0.0  # step size; 0 = the default of the module docstring (bilinear only)
+    gamma_c: float = 0.5  # c in the default step size
+    tau: float = -1.0  # P(no sync) per iteration; < 0 = 1 - 1/beta of the uplink channel
+    epsilon: float = 0.3  # adversarial problem: L-inf radius of the shared perturbation
+    batch_size: int = 32  # adversarial problem: mini-batch of a step round (0 = full data)
+
+
+@dataclass
+class Masha2Config(MashaConfig):
+    """MASHA2 (contractive compressors + error feedback, e.g. ``channel.up=topk``)."""
+
+    name: str = "masha2"
+
+
+@dataclass
+class ExtragradientConfig(MashaConfig):
+    """Distributed extragradient (MASHA1 with ``tau = 0``); dense with the identity channel."""
+
+    name: str = "eg"
+    tau: float = 0.0
+
+
+@dataclass
+class NaiveEGConfig(MashaConfig):
+    """Extragradient that compresses the operators themselves (no reference point)."""
+
+    name: str = "naive_eg"
+
+
+VARIANTS = {"masha1": "masha1", "masha2": "masha2", "eg": "masha1", "naive_eg": "naive"}
+
+# --------------------------------------------------------------------------- pure maths
+
+
+def anchor(z: np.ndarray, w: np.ndarray, tau: float) -> np.ndarray:
+    """``zbar = tau z + (1 - tau) w``."""
+    return tau * z + (1.0 - tau) * w
+
+
+def half_step(zbar: np.ndarray, fw: np.ndarray, gamma: float, prox: Prox) -> np.ndarray:
+    """``z_half = prox(zbar - gamma F(w))`` (MASHA1 step 2, MASHA2 step 1)."""
+    return prox(zbar - gamma * fw)
+
+
+def masha1_update(
+    zbar: np.ndarray, fw: np.ndarray, c: np.ndarray, gamma: float, prox: Prox
+) -> np.ndarray:
+    """``z^{k+1} = prox(zbar - gamma (F(w) + c))`` (MASHA1 step 5)."""
+    return prox(zbar - gamma * (fw + c))
+
+
+def masha2_update(
+    zbar: np.ndarray, fw: np.ndarray, c: np.ndarray, gamma: float, prox: Prox
+) -> np.ndarray:
+    """``z^{k+1} = zbar - gamma F(w) - c`` (MASHA2 step 4; ``gamma`` is inside ``c``)."""
+    return prox(zbar - gamma * fw - c)
+
+
+def error_feedback(
+    e: np.ndarray, v: np.ndarray, compress: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``u = e + v; c = C(u); e' = u - c``; returns ``(c, e')``."""
+    u = e + v
+    c = compress(u)
+    return c, u - c
+
+
+def beta_of(ch: Channel, ratio: float) -> float:
+    """``d / (expected coordinates sent)`` (bytes ratio for QSGD's int8 levels)."""
+    if ch.name in ("randk", "topk"):
+        return 1.0 / ratio
+    if ch.name == "qsgd":
+        return 4.0
+    return 1.0
+
+
+def variance_of(ch: Channel, ratio: float, levels: int) -> float:
+    """``q`` with ``E||Q(v)||^2 <= q ||v||^2`` (``delta`` for TopK; 1 when lossless)."""
+    if ch.name in ("randk", "topk"):
+        return 1.0 / ratio
+    if ch.name == "qsgd":
+        from fedsim.channels import QSGD_BUCKET
+
+        return 1.0 + min(QSGD_BUCKET / levels**2, math.sqrt(QSGD_BUCKET) / levels)
+    return 1.0
+
+
+def default_tau(cfg: RunConfig) -> float:
+    up = cfg.channel.up
+    return 1.0 - 1.0 / beta_of(make_channel(up), up.ratio)
+
+
+def default_gamma(
+    variant: str, cfg: RunConfig, tau: float, L: float, Lm: np.ndarray, c: float
+) -> float:
+    """The spec's theory step sizes (module docstring); constants derived, not verified."""
+    up, down = cfg.channel.up, cfg.channel.down
+    q_dev = variance_of(make_channel(up), up.ratio, up.levels)
+    q_serv = variance_of(make_channel(down), down.ratio, down.levels)
+    M = len(Lm)
+    if variant == "masha1":
+        L_hat = math.sqrt(q_serv * (L**2 + (q_dev - 1.0) / M * float(np.mean(Lm**2))))
+        return c * math.sqrt(1.0 - tau) / L_hat if tau > 0 else c / L_hat
+    if variant == "masha2":
+        return c * min(math.sqrt(1.0 - tau), 1.0 / (q_dev * q_serv)) / float(np.max(Lm))
+    return c / L
+
+
+# --------------------------------------------------------------------------- wire payload
+
+PHASE_KEY = "masha-phase"  # what the device computes: sync | step | g | h
+COMPUTE_KEY = "masha-compute"  # this device is sampled in a step round
+APPLY_KEY = "masha-apply"  # how to apply the broadcast: none | step | g | h
+SETW_KEY = "masha-set-w"  # b of the previous step round: w <- z
+GAMMA_KEY = "masha-gamma"
+TAU_KEY = "masha-tau"
+BCAST = "masha.broadcast"  # the previous step round's aggregate (channel.down payload)
+FW = "masha.fw"  # dense F(w) after a sync round
+
+
+@dataclass(frozen=True)
+class MashaIns:
+    """Server -> device: the previous round's outcome and this round's task."""
+
+    server_round: int
+    phase: str
+    compute: bool
+    apply: str
+    set_w: bool
+    gamma: float
+    tau: float
+    broadcast: ArrayRecord | None = None
+    fw: ArrayRecord | None = None
+
+    def to_ins(self) -> TrainIns:
+        config: dict[str, Scalar] = {
+            PHASE_KEY: self.phase,
+            COMPUTE_KEY: self.compute,
+            APPLY_KEY: self.apply,
+            SETW_KEY: self.set_w,
+            GAMMA_KEY: self.gamma,
+            TAU_KEY: self.tau,
+        }
+        extra: dict[str, ArrayRecord] = {}
+        if self.broadcast is not None:
+            extra[BCAST] = self.broadcast
+        if self.fw is not None:
+            extra[FW] = self.fw
+        return TrainIns(ArrayRecord(), self.server_round, config, extra)
+
+    @classmethod
+    def from_ins(cls, ins: TrainIns) -> MashaIns:
+        c = ins.config
+        return cls(
+            ins.server_round,
+            str(c[PHASE_KEY]),
+            bool(c[COMPUTE_KEY]),
+            str(c[APPLY_KEY]),
+            bool(c[SETW_KEY]),
+            float(c[GAMMA_KEY]),
+            float(c[TAU_KEY]),
+            ins.extra.get(BCAST),
+            ins.extra.get(FW),
+        )
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class ViState:
+    """The server's mirror of what every device holds (float64 flat vectors)."""
+
+    z: np.ndarray
+    w: np.ndarray
+    fw: np.ndarray
+    zh: np.ndarray  # naive EG: the extrapolated point
+    e: np.ndarray  # MASHA2: server error (bidirectional only)
+    phase: str = "sync"
+    pending_apply: str = "none"
+    pending_set_w: bool = False
+    pending_broadcast: ArrayRecord | None = None
+    pending_fw: ArrayRecord | None = None
+    iterations: int = 0
+    syncs: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Masha(FedsimStrategy):
+    """MASHA1 / MASHA2 / EG / naive compressed EG on a :mod:`fedsim.problems` problem."""
+
+    has_global_model = False
+
+    def __init__(self, ctx: StrategyContext) -> None:
+        super().__init__(ctx)
+        from fedsim.problems import server_problem
+
+        cfg = ctx.cfg
+        scfg = cfg.strategy
+        assert isinstance(scfg, MashaConfig)
+        self.variant = VARIANTS[scfg.name]
+        self.problem = server_problem(cfg)
+        self.dense = IdentityChannel()
+        self.tau = 0.0 if scfg.name == "eg" else (scfg.tau if scfg.tau >= 0 else default_tau(cfg))
+        if self.variant == "naive":
+            self.tau = 0.0
+        if scfg.gamma > 0:
+            self.gamma = float(scfg.gamma)
+        else:
+            lips = self.problem.lipschitz()
+            if lips is None:
+                raise ConfigError(
+                    f"strategy.gamma: must be > 0 for scenario.problem.kind="
+                    f"{cfg.scenario.problem.kind} (no Lipschitz constant to derive it from)"
+                )
+            self.gamma = default_gamma(self.variant, cfg, self.tau, lips[0], lips[1], scfg.gamma_c)
+        z0 = self.problem.z0()
+        zeros = np.zeros_like(z0)
+        self.st = ViState(z0.copy(), z0.copy(), zeros.copy(), z0.copy(), zeros.copy())
+        if self.variant == "naive":
+            self.st.phase = "g"
+        self.z0 = z0
+        log.info("%s: gamma=%.4g tau=%.4g", scfg.name, self.gamma, self.tau)
+
+    # ------------------------------------------------------------------ seams
+    def initial_arrays(self) -> ArrayRecord:
+        return self._arrays()
+
+    def _arrays(self) -> ArrayRecord:
+        return self.dense.encode(self.problem.layout.split(self.st.z), np.random.default_rng(0))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The vectors and the phase machine (pending broadcasts included), so that a
+        resumed run continues exactly where the checkpoint was taken."""
+        s = self.st
+        out: dict[str, np.ndarray] = {"z": s.z, "w": s.w, "fw": s.fw, "zh": s.zh, "e": s.e}
+        out["phase"] = np.array(s.phase)
+        out["pending_apply"] = np.array(s.pending_apply)
+        out["pending_set_w"] = np.array(s.pending_set_w)
+        out["counters"] = np.array([s.iterations, s.syncs], dtype=np.int64)
+        out["extras_keys"] = np.array(sorted(s.extras), dtype=str)
+        out["extras_values"] = np.array([s.extras[k] for k in sorted(s.extras)], dtype=np.float64)
+        for tag, rec in (("pending_broadcast", s.pending_broadcast), ("pending_fw", s.pending_fw)):
+            if rec is not None:
+                for key, value in numpy_from_arrays(rec).items():
+                    out[f"{tag}/{key}"] = np.array(value)
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        s = self.st
+        for k in ("z", "w", "fw", "zh", "e"):
+            setattr(s, k, np.asarray(state[k], dtype=np.float64))
+        if "phase" not in state:  # a checkpoint with the vectors only: restart with a sync
+            return
+        s.phase = str(state["phase"])
+        s.pending_apply = str(state["pending_apply"])
+        s.pending_set_w = bool(state["pending_set_w"])
+        s.iterations, s.syncs = (int(v) for v in state["counters"])
+        s.extras = dict(
+            zip(state["extras_keys"].tolist(), state["extras_values"].tolist(), strict=True)
+        )
+        for tag in ("pending_broadcast", "pending_fw"):
+            part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(tag + "/")}
+            setattr(s, tag, arrays_from_numpy(part) if part else None)
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        s = self.st
+        plan = self.ctx.sampler.plan(server_round)
+        everyone = sorted(self.ctx.node_of)
+        sampled = set(plan.selected.tolist()) - set(plan.dropped.tolist()) - set(plan.late.tolist())
+        if s.phase == "sync":  # the reference point is refreshed on every device
+            sampled = set(everyone)
+        self.stats = {
+            "sys/selected_clients": float(len(sampled)),
+            "masha/sync_round": float(s.phase == "sync"),
+        }
+        out: list[Message] = []
+        for pid in everyone:
+            ins = MashaIns(
+                server_round,
+                s.phase,
+                pid in sampled,
+                s.pending_apply,
+                s.pending_set_w,
+                self.gamma,
+                self.tau,
+                s.pending_broadcast,
+                s.pending_fw,
+            )
+            out.extend(self._messages(ins.to_ins().to_record(), [pid], MessageType.TRAIN))
+        return out
+
+    def _decoded(self, replies: Iterable[Message], channel: Channel) -> list[np.ndarray]:
+        layout = self.problem.layout
+        like = layout.like()
+        partition_of = self.ctx.partition_of
+        out: list[tuple[int, np.ndarray]] = []
+        for msg in replies:
+            if msg.has_error():
+                log.warning("masha: client %s failed", partition_of.get(msg.metadata.src_node_id))
+                continue
+            res = TrainRes.from_record(msg.content)
+            if res.num_examples == 0:
+                continue  # not sampled this round
+            vec = layout.join(channel.decode(res.arrays, like))
+            out.append((partition_of[msg.metadata.src_node_id], vec))
+        out.sort(key=lambda item: item[0])
+        return [v for _, v in out]
+
+    def _broadcast(self, a: np.ndarray, server_round: int) -> tuple[ArrayRecord, np.ndarray]:
+        """Encode the aggregate once on the downlink; return (payload, what devices decode)."""
+        layout = self.problem.layout
+        rng = derive_rng(self.ctx.cfg.seed, "channel/down", server_round)
+        payload = self.down.encode(layout.split(a), rng)
+        return payload, layout.join(self.down.decode(payload, layout.like()))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        s = self.st
+        replies = list(replies)
+        prox = self.problem.prox
+        if s.phase == "sync":
+            vecs = self._decoded(replies, self.dense)
+            if not vecs:
+                raise RuntimeError(f"round {server_round}: no device answered the sync round")
+            fw = np.mean(vecs, axis=0)
+            layout = self.problem.layout
+            s.pending_fw = self.dense.encode(layout.split(fw), np.random.default_rng(0))
+            s.fw = layout.join(self.dense.decode(s.pending_fw, layout.like()))
+            s.pending_broadcast, s.pending_apply, s.pending_set_w = None, "none", False
+            s.syncs += 1
+            s.phase = "step"
+        else:
+            vecs = self._decoded(replies, self.up)
+            a = np.mean(vecs, axis=0) if vecs else np.zeros_like(s.z)
+            if self.variant == "masha2" and not self.down.lossless:
+                u = s.e + a
+                payload, c = self._broadcast(u, server_round)
+                s.e = u - c
+            else:
+                payload, c = self._broadcast(a, server_round)
+            s.pending_fw = None
+            s.pending_broadcast = payload
+            if self.variant == "naive":
+                if s.phase == "g":
+                    s.zh = prox(s.z - self.gamma * c)
+                    s.pending_apply, s.phase = "g", "h"
+                else:
+                    s.z = prox(s.z - self.gamma * c)
+                    s.pending_apply, s.phase = "h", "g"
+                    s.iterations += 1
+                s.pending_set_w = False
+            else:
+                zbar = anchor(s.z, s.w, self.tau)
+                update = masha1_update if self.variant == "masha1" else masha2_update
+                s.z = update(zbar, s.fw, c, self.gamma, prox)
+                s.iterations += 1
+                rng = derive_rng(self.ctx.cfg.seed, "masha/sync", server_round)
+                b = bool(rng.random() < 1.0 - self.tau)
+                s.pending_apply, s.pending_set_w = "step", b
+                if b:
+                    s.w = s.z.copy()
+                    s.phase = "sync"
+        self.stats["sys/aggregated_clients"] = float(len(vecs))
+        return self._arrays(), MetricRecord({"num-examples": float(len(vecs))})
+
+    # ------------------------------------------------------------------ metrics
+    def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        out = {
+            "masha/iterations": float(self.st.iterations),
+            "masha/syncs": float(self.st.syncs),
+            "masha/gamma": self.gamma,
+            "masha/tau": self.tau,
+        }
+        every = self.ctx.cfg.eval_every
+        if server_round % every == 0 or server_round == self.ctx.cfg.rounds:
+            out.update(self.problem.metrics(self.st.z, self.z0))
+        return out
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # the server evaluates (round_metrics); devices only answer operators
+
+
+class Masha1(Masha):
+    """MASHA1: unbiased compression of operator differences (use ``channel.up=randk``)."""
+
+
+class Masha2(Masha):
+    """MASHA2: contractive compression + error feedback (use ``channel.up=topk``)."""
+
+
+class Extragradient(Masha):
+    """Distributed extragradient (Korpelevich 1976) = MASHA1 with ``tau = 0``."""
+
+
+class NaiveCompressedEG(Masha):
+    """Extragradient that compresses ``F_m(z)`` and ``F_m(z_half)`` directly."""
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _roundtrip32(ch: Channel, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """What a one-array layout sends and decodes: float32 on the wire, bytes of the parts."""
+    parts = ch.encode_vector(v.astype(np.float32), rng)
+    out = ch.decode_vector(parts, v.size).astype(np.float32).astype(np.float64)
+    return out, sum(int(np.asarray(p).nbytes) for p in parts.values())
+
+
+def replay(
+    problem: Any,
+    variant: str,
+    up: Channel,
+    down: Channel,
+    gamma: float,
+    tau: float,
+    rounds: int,
+    seed: int,
+    stop: float = 0.0,
+) -> list[dict[str, float]]:
+    """The round protocol of :class:`Masha` and ``clients.masha`` without messages.
+
+    Full participation on a one-array problem (the bilinear one), the same random streams
+    and the same float32 wire rounding, so it reproduces a fedsim run's
+    ``masha/rel_dist`` and ``comm/bytes_*`` round by round (``tests/test_masha.py`` checks
+    this) at a small fraction of the cost; used for the step-size and compressor sweeps of
+    ``scripts/masha_results.py``.  Stops after the round where ``rel_dist <= stop``.
+    """
+    M = problem.problem.num_clients
+    z0 = problem.z0()
+    z, w, fw, zh = z0.copy(), z0.copy(), np.zeros_like(z0), z0.copy()
+    e_dev = [np.zeros_like(z0) for _ in range(M)]
+    e_srv = np.zeros_like(z0)
+    phase = "g" if variant == "naive" else "sync"
+    pending_down = 0  # bytes of the broadcast every device receives in the next round
+    it = 0
+    totals = {"up": 0.0, "down": 0.0}
+    rows: list[dict[str, float]] = []
+    dense = IdentityChannel()
+    for rnd in range(1, rounds + 1):
+        totals["down"] += M * pending_down
+        up_bytes = 0
+        if phase == "sync":
+            vecs = []
+            for m in range(M):
+                v, nb = _roundtrip32(dense, problem.full(m, w), np.random.default_rng(0))
+                vecs.append(v)
+                up_bytes += nb
+            fw, pending_down = _roundtrip32(dense, np.mean(vecs, axis=0), np.random.default_rng(0))
+            phase = "step"
+        else:
+            vecs = []
+            for m in range(M):
+                rng = derive_rng(seed, "channel/up", rnd, m)
+                if variant == "naive":
+                    point = z if phase == "g" else zh
+                    c_m, nb = _roundtrip32(up, problem.full(m, point), rng)
+                else:
+                    zbar = anchor(z, w, tau)
+                    z_half = half_step(zbar, fw, gamma, problem.prox)
+                    delta = problem.full(m, z_half) - problem.full(m, w)
+                    if variant == "masha1":
+                        c_m, nb = _roundtrip32(up, delta, rng)
+                    else:
+                        u = e_dev[m] + gamma * delta
+                        c_m, nb = _roundtrip32(up, u, rng)
+                        e_dev[m] = u - c_m
+                vecs.append(c_m)
+                up_bytes += nb
+            a = np.mean(vecs, axis=0)
+            drng = derive_rng(seed, "channel/down", rnd)
+            if variant == "masha2" and not down.lossless:
+                u = e_srv + a
+                c, pending_down = _roundtrip32(down, u, drng)
+                e_srv = u - c
+            else:
+                c, pending_down = _roundtrip32(down, a, drng)
+            if variant == "naive":
+                if phase == "g":
+                    zh, phase = problem.prox(z - gamma * c), "h"
+                else:
+                    z, phase = problem.prox(z - gamma * c), "g"
+                    it += 1
+            else:
+                zbar = anchor(z, w, tau)
+                update = masha1_update if variant == "masha1" else masha2_update
+                z = update(zbar, fw, c, gamma, problem.prox)
+                it += 1
+                if derive_rng(seed, "masha/sync", rnd).random() < 1.0 - tau:
+                    w = z.copy()
+                    phase = "sync"
+        totals["up"] += up_bytes
+        rd = problem.metrics(z, z0)["masha/rel_dist"]
+        rows.append(
+            {
+                "round": float(rnd),
+                "masha/iterations": float(it),
+                "masha/rel_dist": rd,
+                "comm/bytes_up_total": totals["up"],
+                "comm/bytes_down_total": totals["down"],
+            }
+        )
+        if rd <= stop or not np.isfinite(rd) or rd > 1e3:
+            break
+    return rows
