@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure fedsim against a plain PyTorch loop and Flower's Ray engine."""
