@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import Message
+from recording import RecordingGrid
 
 from clients.fedossl import (
     STATE_KEY,
@@ -20,7 +20,6 @@ from clients.fedossl import (
 from fedsim.app import CONFIG_KEY, make_client_app
 from fedsim.conf import to_json
 from fedsim.errors import ConfigError
-from fedsim.runtime.inline import InlineGrid
 from fedsim.server import run_experiment
 from strategies.fedossl import (
     GLOBAL_RECORD,
@@ -176,22 +175,6 @@ def test_registry_variants_switch_the_right_terms() -> None:
     assert no_calib.suppress_weight > 0 and not no_calib.calibration
     names = {REGISTRY[n].config().name for n in REGISTRY if n.startswith("fedossl")}
     assert names == {"fedossl", "fedossl_orca", "fedossl_no_ls", "fedossl_no_calib"}
-
-
-class RecordingGrid(InlineGrid):
-    """An InlineGrid that keeps every message sent and every reply received."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-        messages = list(messages)
-        self.sent.extend(messages)
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.received.extend(replies)
-        return replies
 
 
 def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message
+from recording import run_recorded
 
 from clients.fraug import (
     FRAUG_OPTIM_KEY,
@@ -24,16 +25,12 @@ from clients.fraug import (
     mmd_moments,
     update_prototypes,
 )
-from fedsim.app import CONFIG_KEY, make_client_app
 from fedsim.backbones import BACKBONES, bn_running_stat_keys, bn_state_keys, build_backbone
-from fedsim.conf import to_json
 from fedsim.config import BackboneConfig
 from fedsim.errors import ConfigError
 from fedsim.modelzoo import initial_model
 from fedsim.records import numpy_from_arrays
 from fedsim.runner import execute
-from fedsim.runtime.inline import InlineGrid
-from fedsim.server import run_experiment
 from strategies.aggregate import weighted_average
 from strategies.fraug import (
     GENERATOR_RECORD,
@@ -44,28 +41,6 @@ from strategies.fraug import (
 )
 
 FAST = ("strategy=fraug", "scenario.num_clients=3", "strategy.local_iterations=3")
-
-
-class RecordingGrid(InlineGrid):
-    """An InlineGrid that keeps every message sent and every reply received."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-        messages = list(messages)
-        self.sent.extend(messages)
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.received.extend(replies)
-        return replies
-
-
-def _run_recorded(cfg, tmp_path: Path) -> RecordingGrid:  # type: ignore[no-untyped-def]
-    grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
-    run_experiment(grid, cfg, tmp_path / "run")
-    return grid
 
 
 def _train_msgs(msgs: list[Message], server_round: int) -> list[Message]:
@@ -99,7 +74,7 @@ def recorded(tmp_path_factory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("fraug")
     fast = [f"output_dir={tmp}", "progress=false", "backbone.width=0.25"]
     cfg = compose([*fast, *FAST, "rounds=2"])
-    return cfg, _run_recorded(cfg, tmp)
+    return cfg, run_recorded(cfg, tmp)
 
 
 def test_rtnet_and_prototypes_never_reach_the_server(recorded) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +139,7 @@ def test_generator_is_sent_back_averaged_and_broadcast(recorded) -> None:  # typ
 
 def test_local_bn_all_keeps_every_batch_norm_tensor_local(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = fast_cfg(*FAST, "rounds=1", "strategy.local_bn=all", "strategy.local_iterations=1")
-    grid = _run_recorded(cfg, tmp_path)
+    grid = run_recorded(cfg, tmp_path)
     model = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed)
     bn = bn_state_keys(model)
     keys = {

@@ -7,39 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Message
+from recording import run_recorded
 
 from clients.base import LOCAL_KEY, client_env
 from clients.fedprox import FedProxClient, proximal_term
-from fedsim.app import CONFIG_KEY, make_client_app
 from fedsim.backbones import bn_state_keys
 from fedsim.conf import to_json
 from fedsim.modelzoo import initial_model
 from fedsim.payloads import TrainIns
 from fedsim.records import arrays_from_state, numpy_from_arrays
-from fedsim.runtime.inline import InlineGrid
-from fedsim.server import run_experiment
-
-
-class RecordingGrid(InlineGrid):
-    """An InlineGrid that keeps every message sent and every reply received."""
-
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-        messages = list(messages)
-        self.sent.extend(messages)
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.received.extend(replies)
-        return replies
-
-
-def _run_recorded(cfg, tmp_path: Path) -> RecordingGrid:  # type: ignore[no-untyped-def]
-    grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
-    run_experiment(grid, cfg, tmp_path / "run")
-    return grid
 
 
 def _wire_keys(msgs: list[Message]) -> set[str]:
@@ -53,7 +29,7 @@ def _wire_keys(msgs: list[Message]) -> set[str]:
 
 def test_fedbn_keeps_batch_norm_on_the_clients(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = fast_cfg("strategy=fedbn", "rounds=2", "scenario.num_clients=4")
-    grid = _run_recorded(cfg, tmp_path)
+    grid = run_recorded(cfg, tmp_path)
     model = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed)
     bn = bn_state_keys(model)
     assert len(bn) == 25  # five BN layers x five tensors in cnn_digits
@@ -74,7 +50,7 @@ def test_fedbn_keeps_batch_norm_on_the_clients(fast_cfg, tmp_path: Path) -> None
 
 def test_fedavg_sends_and_aggregates_batch_norm(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = fast_cfg("strategy=fedavg", "rounds=1", "scenario.num_clients=3")
-    grid = _run_recorded(cfg, tmp_path)
+    grid = run_recorded(cfg, tmp_path)
     bn = bn_state_keys(initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed))
     assert bn <= _wire_keys(grid.sent) and bn <= _wire_keys(grid.received)
 
