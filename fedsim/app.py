@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim import faults
 from fedsim.conf import compose, from_json, to_json
 from fedsim.config import RunConfig
 from fedsim.payloads import EvalIns, Identity, TrainIns
@@ -81,10 +83,6 @@ def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from dataclasses import replace
-
-        from fedsim import faults
-
         client = _client(context, bound)
         ins = TrainIns.from_record(msg.content)
         injected = client.cfg.scenario.faults

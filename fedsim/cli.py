@@ -95,16 +95,10 @@ def _swept_keys(overrides: list[str]) -> set[str]:
 
 
 def _is_complete(cfg: Any) -> bool:
-    import json
-
     from fedsim.server import run_dir_for
-    from fedsim.tracking import STATUS_FILE
+    from fedsim.tracking import read_status
 
-    try:
-        status = json.loads((run_dir_for(cfg) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(status.get("status") == "complete")
+    return read_status(run_dir_for(cfg)) == "complete"
 
 
 def cmd_run(args: list[str]) -> int:

@@ -22,7 +22,7 @@ from fedsim.errors import ConfigError, UserError
 from fedsim.federation import load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.server import run_dir_for
-from fedsim.tracking import STATUS_FILE
+from fedsim.tracking import STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,8 @@ def preflight(cfg: RunConfig) -> Path:
         path = run_dir / CHECKPOINT_FILE
         ckpt_io.check_compatible(ckpt_io.load(path), to_plain(cfg), path)
         return run_dir
-    status = run_dir / STATUS_FILE
-    if status.exists() and not cfg.overwrite:
-        try:
-            state = json.loads(status.read_text()).get("status", "unknown")
-        except (OSError, ValueError):
-            state = "unreadable"
+    state = read_status(run_dir)
+    if state is not None and not cfg.overwrite:
         if state != "complete":
             log.warning("replacing the %s run in %s", state, run_dir)
             return run_dir

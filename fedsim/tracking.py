@@ -34,6 +34,18 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_status(run_dir: Path) -> str | None:
+    """The ``status`` recorded in a run directory's ``run.json``; None when there is no
+    such file, ``"unreadable"`` when it cannot be parsed."""
+    path = run_dir / STATUS_FILE
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text()).get("status", "unknown"))
+    except (OSError, ValueError):
+        return "unreadable"
+
+
 class Callback:
     """Hooks called by the round loop; all optional."""
 

@@ -195,13 +195,14 @@ class FedsimStrategy(FlowerFedAvg):
                 continue
             res = self._decode_update(pid, TrainRes.from_record(msg.content))
             update = numpy_from_arrays(res.arrays)
-            if not is_finite_update(update):
+            norm = update_norm(update, self._global)  # non-finite if any NaN/Inf it covers
+            uncovered = {k: v for k, v in update.items() if k not in self._global}
+            if not np.isfinite(norm) or not is_finite_update(uncovered):
                 rejected.append(pid)
                 log.warning(
                     "round %d: client %d sent non-finite values; rejected", server_round, pid
                 )
                 continue
-            norm = update_norm(update, self._global)
             if norm > self.ctx.max_update_norm:
                 rejected.append(pid)
                 log.warning(
