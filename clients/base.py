@@ -21,7 +21,6 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
-from clients.training import TrainHooks, evaluate_model, make_optimizer, train_local
 from fedsim.channels import make_channel
 from fedsim.config import RunConfig
 from fedsim.federation import Federation, load_federation
@@ -34,6 +33,7 @@ from fedsim.records import (
     state_from_arrays,
 )
 from fedsim.seeding import derive_rng, torch_generator
+from fedsim.training import TrainHooks, evaluate_model, make_optimizer, train_local
 
 LOCAL_KEY = "fedsim.local"
 OPTIM_KEY = "fedsim.optim"

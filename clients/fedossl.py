@@ -39,13 +39,13 @@ from flwr.app import RecordDict
 from torch import nn
 
 from clients.base import Client, ClientEnv
-from clients.training import TrainHooks, train_local
 from fedsim.backbones import Backbone, NormedLinear, bn_running_stat_keys, replace_head
 from fedsim.federation import Federation
 from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_rng, torch_generator
+from fedsim.training import TrainHooks, train_local
 from strategies.fedossl import (
     LOCAL_RECORD,
     CentroidsPayload,

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from clients.base import Client
-from clients.training import TrainHooks
 from fedsim.payloads import TrainIns
+from fedsim.training import TrainHooks
 from strategies.fedprox import MU_KEY
 
 

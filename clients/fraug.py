@@ -4,7 +4,7 @@ with a shared generator and a local RTNet.
 Per local iteration, on the batch ``(x, y)`` (spec §4, ``strategies.fraug`` for the
 server side and the paper-vs-code switches):
 
-(a) model step, through the shared training loop (``clients.training``):
+(a) model step, through the shared training loop (``fedsim.training``):
     ``(1 - lam_t) CE(h(g(x)), y) + lam_t / 2 [CE(h(e_proto), y_cyc) + CE(h(e_real), y)]``
     with synthetic embeddings built without gradient (they only train the head ``h``),
     then the class prototypes' EMA update;
@@ -39,11 +39,11 @@ from flwr.app import RecordDict
 from torch import nn
 
 from clients.base import Client, ClientEnv
-from clients.training import TrainHooks
 from fedsim.backbones import Backbone, bn_running_stat_keys, bn_state_keys
 from fedsim.payloads import TrainIns, TrainRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator
+from fedsim.training import TrainHooks
 from strategies.fraug import LAMBDA_KEY, RHO_KEY, FRAugConfig, GeneratorPayload
 
 RTNET_KEY = "fraug.rtnet"

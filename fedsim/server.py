@@ -22,7 +22,6 @@ import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.training import evaluate_model
 from fedsim import checkpoint as ckpt_io
 from fedsim.channels import BytesAxisCallback, wire_nbytes
 from fedsim.conf import to_plain
@@ -44,6 +43,7 @@ from fedsim.tracking import (
     StatusCallback,
     TensorBoardCallback,
 )
+from fedsim.training import evaluate_model
 from strategies import REGISTRY
 from strategies.base import FedsimStrategy, StrategyContext
 
