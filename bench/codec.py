@@ -18,10 +18,10 @@ import numpy as np
 from flwr.app import Array
 
 from bench.compare_runtimes import machine
+from fedsim.aggregate import update_norm
 from fedsim.config import BackboneConfig
 from fedsim.modelzoo import initial_model
 from fedsim.records import from_array, to_array
-from strategies.aggregate import update_norm
 
 
 def timed(fn, reps: int = 15) -> float:  # type: ignore[no-untyped-def]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from clients.base import Client
 from fedsim.backbones import bn_state_keys
+from fedsim.client import Client
 
 
 class FedBNClient(Client):

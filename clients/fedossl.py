@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
-from clients.base import Client, ClientEnv
 from fedsim.backbones import Backbone, NormedLinear, bn_running_stat_keys, replace_head
+from fedsim.client import Client, ClientEnv
 from fedsim.federation import Federation
 from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clients.base import Client
+from fedsim.client import Client
 from fedsim.payloads import TrainIns
 from fedsim.training import TrainHooks
-from strategies.fedprox import MU_KEY
+from protocols.fedprox import MU_KEY
 
 
 def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
-from clients.base import Client, ClientEnv
 from fedsim.backbones import Backbone, bn_running_stat_keys, bn_state_keys
+from fedsim.client import Client, ClientEnv
 from fedsim.payloads import TrainIns, TrainRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator

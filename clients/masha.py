@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from clients.base import Client
 from fedsim.channels import IdentityChannel, make_channel
+from fedsim.client import Client
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.problems import VIProblem, client_problem
 from fedsim.records import arrays_from_numpy

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import faults
 from fedsim.conf import compose, from_json, to_json
 from fedsim.config import RunConfig
 from fedsim.payloads import EvalIns, Identity, TrainIns
@@ -68,29 +66,39 @@ def _merged(context: Context, bound: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def _client(msg_context: Context, bound: Mapping[str, Any] | None) -> Any:
-    from clients.base import client_env
-    from strategies import REGISTRY
+    from fedsim.client import client_env
+    from fedsim.registry import get
 
     cfg, key = config_from_run_config(_merged(msg_context, bound))
     env = client_env(cfg, key)
     pid = int(msg_context.node_config[PARTITION_KEY])
-    return REGISTRY[cfg.strategy.name].client_class()(env, pid, msg_context.state)
+    return get(cfg.strategy.name).client_class()(env, pid, msg_context.state)
 
 
 def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
-    """A ClientApp; ``bound`` entries override the context's run config."""
-    app = ClientApp()
+    """A ClientApp; ``bound`` entries override the context's run config.
+
+    Every message passes through fedsim's mods (:mod:`fedsim.wrap.client`: channels,
+    local keys, faults and attacks; :mod:`fedsim.dp`: Flower's client-side clipping), so
+    no algorithm's client can bypass them.
+    """
+    from fedsim.dp import dp_mod
+    from fedsim.wrap.client import client_mods
+
+    def config_of(context: Context) -> RunConfig:
+        return config_from_run_config(_merged(context, bound))[0]
+
+    def buffers_of(context: Context) -> frozenset[str]:
+        from fedsim.client import client_env
+
+        return client_env(*config_from_run_config(_merged(context, bound))).buffer_keys
+
+    app = ClientApp(mods=[*client_mods(config_of, buffers_of), dp_mod(config_of)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         client = _client(context, bound)
-        ins = TrainIns.from_record(msg.content)
-        injected = client.cfg.scenario.faults
-        fault = faults.fault_for(injected, client.cfg.seed, ins.server_round, client.pid)
-        faults.before_fit(fault, injected, ins.server_round, client.pid)
-        res = client.fit(ins)
-        if fault == faults.NAN:
-            res = replace(res, arrays=faults.poison(res.arrays))
+        res = client.fit(TrainIns.from_record(msg.content))
         return Message(res.to_record(), reply_to=msg)
 
     @app.evaluate()

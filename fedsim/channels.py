@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ from fedsim.config import ChannelSideConfig
 from fedsim.tracking import Callback
 
 SEP = "|"  # record key = "<array name>|<part>"; model keys contain dots, never bars
+SHAPE = "shape"  # the part that describes an encoded array's shape (framing, not counted)
 QSGD_BUCKET = 512
 CHANNEL_NAMES = ("identity", "randk", "topk", "qsgd", "sparse")
 
@@ -65,7 +66,9 @@ Arrays = Mapping[str, np.ndarray]
 def payload_nbytes(record: ArrayRecord) -> int:
     """Data bytes of an ArrayRecord: ``prod(shape) * itemsize`` summed over its arrays."""
     total = 0
-    for arr in record.values():
+    for key, arr in record.items():
+        if key.endswith(f"{SEP}{SHAPE}"):
+            continue  # framing, like the npy header: the shape of an encoded array
         total += int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
     return total
 
@@ -78,6 +81,18 @@ def wire_nbytes(messages: Iterable[Message]) -> int:
         if m.has_content()
         for rec in m.content.array_records.values()
     )
+
+
+def _described(payload: ArrayRecord) -> dict[str, np.ndarray]:
+    """Zero arrays shaped as the payload describes them (for decoding without ``like``)."""
+    out: dict[str, np.ndarray] = {}
+    for key, arr in payload.items():
+        if SEP not in key:
+            out[key] = arr.numpy()
+        elif key.endswith(f"{SEP}{SHAPE}"):
+            shape = tuple(int(d) for d in arr.numpy())
+            out[key[: -len(SHAPE) - 1]] = np.zeros(shape, dtype=np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------- pure codecs
@@ -154,20 +169,28 @@ class Channel(ABC):
     name = "channel"
     lossless = False
 
-    def encode(self, arrays: Arrays, rng: np.random.Generator) -> ArrayRecord:
-        """The record that travels for ``arrays`` (key order kept)."""
+    def encode(
+        self, arrays: Arrays, rng: np.random.Generator, exact: Collection[str] = ()
+    ) -> ArrayRecord:
+        """The record that travels for ``arrays`` (key order kept); arrays named in
+        ``exact`` (statistics such as BatchNorm's running variance, which a sparsified
+        update could make negative) travel as they are."""
         out: OrderedDict[str, Array] = OrderedDict()
         for key, value in arrays.items():
             value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating):
+            if key in exact or not np.issubdtype(value.dtype, np.floating):
                 out[key] = Array(np.ascontiguousarray(value))
                 continue
             for part, data in self.encode_vector(value.reshape(-1), rng).items():
                 out[f"{key}{SEP}{part}"] = Array(np.ascontiguousarray(data))
+            out[f"{key}{SEP}{SHAPE}"] = Array(np.asarray(value.shape, dtype=np.int64))
         return ArrayRecord(out)
 
-    def decode(self, payload: ArrayRecord, like: Arrays) -> dict[str, np.ndarray]:
-        """Arrays shaped (and typed) like ``like`` from a payload of :meth:`encode`."""
+    def decode(self, payload: ArrayRecord, like: Arrays | None) -> dict[str, np.ndarray]:
+        """Arrays shaped (and typed) like ``like`` from a payload of :meth:`encode`;
+        without ``like`` every array the payload holds, float32, in its sent shape."""
+        if like is None:
+            like = _described(payload)
         out: dict[str, np.ndarray] = {}
         for key, ref in like.items():
             ref = np.asarray(ref)
@@ -178,6 +201,7 @@ class Channel(ABC):
             parts = {
                 k[len(prefix) :]: a.numpy() for k, a in payload.items() if k.startswith(prefix)
             }
+            parts.pop(SHAPE, None)
             if not parts:
                 continue  # not sent (e.g. a strategy that shares a subset)
             vec = self.decode_vector(parts, ref.size)
@@ -203,12 +227,15 @@ class IdentityChannel(Channel):
     name = "identity"
     lossless = True
 
-    def encode(self, arrays: Arrays, rng: np.random.Generator) -> ArrayRecord:
+    def encode(
+        self, arrays: Arrays, rng: np.random.Generator, exact: Collection[str] = ()
+    ) -> ArrayRecord:
         return ArrayRecord(
             OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items())
         )
 
-    def decode(self, payload: ArrayRecord, like: Arrays) -> dict[str, np.ndarray]:
+    def decode(self, payload: ArrayRecord, like: Arrays | None) -> dict[str, np.ndarray]:
+        like = like or {}
         return {
             k: a.numpy().reshape(np.shape(like[k])) if k in like else a.numpy()
             for k, a in payload.items()

@@ -173,11 +173,11 @@ def register_configs(scenario_paths: dict[str, Path] | None = None) -> dict[str,
     A broken scenario file does not stop the others from being usable; it is reported
     when it is selected.
     """
-    from strategies import REGISTRY
+    from fedsim.registry import algorithms
 
     cs = ConfigStore.instance()
     cs.store(name=PRIMARY, node=RunConfig)
-    for name, spec in REGISTRY.items():
+    for name, spec in algorithms().items():
         cs.store(group="strategy", name=name, node=spec.config)
     for name in BACKBONE_NAMES:
         cs.store(group="backbone", name=name, node=BackboneConfig(name=name))
@@ -207,13 +207,11 @@ def to_plain(cfg: RunConfig | DictConfig) -> dict[str, Any]:
 
 def from_plain(plain: dict[str, Any]) -> RunConfig:
     """Typed :class:`RunConfig` from a plain dict (as written by :func:`to_plain`)."""
-    from strategies import REGISTRY
+    from fedsim.registry import get
 
     name = plain.get("strategy", {}).get("name", "fedavg")
-    if name not in REGISTRY:
-        raise ConfigError(f"strategy: unknown '{name}' (allowed: {', '.join(sorted(REGISTRY))})")
     schema = OmegaConf.structured(RunConfig)
-    schema.strategy = OmegaConf.structured(REGISTRY[name].config)
+    schema.strategy = OmegaConf.structured(get(name).config)
     schema.scenario = OmegaConf.structured(ScenarioConfig)
     schema.backbone = OmegaConf.structured(BackboneConfig)
     schema.runtime = OmegaConf.structured(RuntimeConfig)
@@ -335,10 +333,10 @@ def _rewrite_scenario(override: str, extra: dict[str, Path]) -> str:
 
 def check_overrides(overrides: list[str], broken: dict[str, str]) -> None:
     """Friendly one-line errors for the group choices Hydra would report verbosely."""
-    from strategies import REGISTRY
+    from fedsim.registry import algorithms
 
     groups = {
-        "strategy": sorted(REGISTRY),
+        "strategy": sorted(algorithms()),
         "backbone": sorted(BACKBONE_NAMES),
         "runtime": sorted(RUNTIME_NAMES),
         "scenario": sorted(set(scenario_files()) | set(broken)),
@@ -410,20 +408,24 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"{where}: scenario.{e}") from None
     if cfg.scenario.problem.kind != "classification":
         _check_problem_strategy(cfg)
+    from fedsim.dp import validate_dp
+
+    validate_dp(cfg.dp)
+    cfg.strategy.validate(cfg)  # the algorithm's own checks, before anything is built
 
 
 def _check_problem_strategy(cfg: RunConfig) -> None:
-    """A problem without a backbone (``scenario.problem``) needs a strategy that defines
-    the initial arrays (overrides ``initial_arrays``), else the run would fail mid-start."""
-    from strategies import REGISTRY
-    from strategies.base import FedsimStrategy
+    """A problem without a backbone (``scenario.problem``) needs a strategy that solves such
+    problems (its config says ``solves_problems``), else the run would fail mid-start."""
+    from fedsim.registry import algorithms
+
+    specs = algorithms()
 
     def solves(name: str) -> bool:
-        server = REGISTRY[name].server_class()
-        return getattr(server, "initial_arrays", None) is not FedsimStrategy.initial_arrays
+        return specs[name].config.solves_problems
 
     if not solves(cfg.strategy.name):
-        allowed = ", ".join(n for n in sorted(REGISTRY) if solves(n)) or "none registered"
+        allowed = ", ".join(n for n in specs if solves(n)) or "none registered"
         where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
         raise ConfigError(
             f"strategy: '{cfg.strategy.name}' cannot solve scenario.problem.kind="
@@ -462,6 +464,10 @@ def validate_scenario(s: ScenarioConfig) -> None:
         p = getattr(s.faults, name)
         need(0 <= p <= 1, f"faults.{name}: must be a probability in [0, 1], got {p}")
     need(s.faults.delay_s >= 0, f"faults.delay_s: must be >= 0, got {s.faults.delay_s}")
+    from fedsim.faults import validate_faults
+
+    bad = validate_faults(s.faults)
+    need(bad is None, bad or "")
     pr = s.problem
     need(
         pr.kind in ("classification", "bilinear"),

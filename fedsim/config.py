@@ -11,7 +11,7 @@ Every key documented here is also documented in ``scenarios/README.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
@@ -126,6 +126,10 @@ class FaultConfig:
     nan: float = 0.0  # probability that a client returns NaN parameters
     delay: float = 0.0  # probability that a client sleeps for delay_s
     delay_s: float = 0.0
+    byzantine: float = 0.0  # fraction of clients that attack (a fixed set per seed)
+    attack: str = "sign_flip"  # sign_flip | gaussian | scale | label_flip
+    attack_scale: float = 4.0  # sign_flip: sends -scale * update; scale: +scale * update
+    attack_std: float = 1.0  # gaussian: sends received + N(0, attack_std^2) noise
 
 
 @dataclass
@@ -191,25 +195,17 @@ class TrainConfig:
 
 @dataclass
 class StrategyConfig:
-    """Base of every strategy config; ``name`` selects the strategy class."""
+    """Base of every strategy config; ``name`` selects the algorithm in the registry
+    (:mod:`fedsim.registry`).  Each algorithm's config subclasses this one."""
 
     name: str = "fedavg"
 
+    #: True for algorithms that solve a ``scenario.problem`` without a backbone (MASHA).
+    solves_problems: ClassVar[bool] = False
 
-@dataclass
-class FedAvgConfig(StrategyConfig):
-    name: str = "fedavg"
-
-
-@dataclass
-class FedProxConfig(StrategyConfig):
-    name: str = "fedprox"
-    mu: float = 0.01  # proximal coefficient; the client adds (mu/2)||w - w_global||^2
-
-
-@dataclass
-class FedBNConfig(StrategyConfig):
-    name: str = "fedbn"
+    def validate(self, run: RunConfig) -> None:
+        """The algorithm's own checks of the whole run configuration, at load, before
+        anything is created; raise :class:`fedsim.errors.ConfigError` naming the key."""
 
 
 @dataclass
@@ -245,6 +241,24 @@ class ChannelConfig:
     down: ChannelSideConfig = field(default_factory=ChannelSideConfig)
 
 
+@dataclass
+class DPConfig:
+    """Flower's differential-privacy wrappers around any strategy (off by default).
+
+    ``kind``: ``none``, ``server_fixed`` / ``server_adaptive`` (the server clips and adds
+    noise: ``DifferentialPrivacyServerSide*Clipping``) or ``client_fixed`` /
+    ``client_adaptive`` (the clients clip, the server adds noise:
+    ``DifferentialPrivacyClientSide*Clipping`` with Flower's clipping mods).
+    """
+
+    kind: str = "none"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0  # fixed clipping
+    initial_clipping_norm: float = 0.1  # adaptive clipping (Andrew et al., arXiv 1905.03871)
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+
+
 DEFAULTS: list[Any] = [
     {"scenario": "digits_iid"},
     {"strategy": "fedavg"},
@@ -265,6 +279,7 @@ class RunConfig:
     runtime: RuntimeConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     rounds: int = 20
     seed: int = 0
     output_dir: str = "runs"

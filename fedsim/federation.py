@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config import ScenarioConfig
 from fedsim.data import FederatedDataset, build_dataset
+from fedsim.faults import flips_labels
 from fedsim.openworld import open_world_split, validate_open_world
 from fedsim.partition import partition, split_holdout, validate_partition
 from fedsim.seeding import derive_rng
@@ -85,6 +86,8 @@ class Federation:
         if shift.kind != "none" and (not shift.clients or pid in shift.clients):
             x = self._shift(x, pid)
             xh = self._shift(xh, pid)
+        if flips_labels(self.scenario.faults, self.num_clients, self.seed, pid):
+            y = self.data.num_classes - 1 - y  # a label-flipping attacker's training labels
         lab = None if self.labeled is None else torch.from_numpy(self.labeled[tr.numpy()])
         item = ClientData(x, y, xh, yh, self.domain_of(pid), lab)
         with self._lock:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from fedsim import checkpoint as ckpt_io
 from fedsim.channels import BytesAxisCallback, wire_nbytes
 from fedsim.conf import to_plain
 from fedsim.config import RunConfig
+from fedsim.dp import wrap_dp
+from fedsim.faults import byzantine_clients
 from fedsim.federation import Federation, load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.participation import ParticipationSampler
@@ -36,6 +39,8 @@ from fedsim.records import (
     numpy_from_arrays,
     state_from_arrays,
 )
+from fedsim.registry import get
+from fedsim.strategy import ServerContext
 from fedsim.tracking import (
     Callback,
     JsonlCallback,
@@ -44,8 +49,7 @@ from fedsim.tracking import (
     TensorBoardCallback,
 )
 from fedsim.training import evaluate_model
-from strategies import REGISTRY
-from strategies.base import FedsimStrategy, StrategyContext
+from fedsim.wrap.server import FedsimStrategy
 
 log = logging.getLogger(__name__)
 
@@ -244,25 +248,56 @@ def _prefixed(prefix: str, record: Any) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in record.items() if k != "num-examples"}
 
 
-def run_experiment(
-    grid: Grid,
-    cfg: RunConfig,
-    run_dir: Path,
-    callbacks: Iterable[Callback] | None = None,
-) -> dict[str, float]:
-    """Run all rounds of an experiment on ``grid``; returns the final metrics."""
+@dataclass
+class Experiment:
+    """Everything a run needs, built before the first round (see :func:`setup`)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    strategy: FedsimStrategy
+    node_of: dict[int, int]
+    info: dict[str, Any]
+    arrays: ArrayRecord
+    server_eval: ServerEval | None
+    totals: dict[str, float] = field(
+        default_factory=lambda: {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
+    )
+    start_round: int = 1
+
+
+def build_strategy(
+    cfg: RunConfig, node_of: dict[int, int], model: Any, domains: list[str]
+) -> FedsimStrategy:
+    """The registered algorithm's server half inside fedsim's wrappers (and Flower's DP
+    wrapper when ``dp.kind`` asks for one)."""
+    spec = get(cfg.strategy.name)
+    local_keys = (
+        frozenset(spec.client_class().local_keys(model)) if model is not None else frozenset()
+    )
+    sampler = ParticipationSampler(cfg.scenario.participation, cfg.scenario.num_clients, cfg.seed)
+    ctx = ServerContext(cfg, node_of, local_keys, domains, sampler)
+    inner = wrap_dp(spec.server_class()(ctx), cfg)
+    byzantine = byzantine_clients(cfg.scenario.faults, cfg.scenario.num_clients, cfg.seed)
+    return FedsimStrategy(
+        inner,
+        ctx,
+        sampler,
+        native_channels=spec.native_channels,
+        exact_records=spec.exact_records,
+        byzantine=byzantine,
+    )
+
+
+def setup(grid: Grid, cfg: RunConfig, run_dir: Path) -> Experiment:
+    """Data, model, node map, wrapped strategy, central evaluation and run metadata."""
     # a synthetic problem (scenario.problem.kind, fedsim.problems) has no data and no
     # backbone: the strategy provides the initial arrays and the metrics
     synthetic = cfg.scenario.problem.kind != "classification"
     fed = None if synthetic else load_federation(cfg.scenario, cfg.seed)
-    spec = REGISTRY[cfg.strategy.name]
     model = (
         None
         if fed is None
         else initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
-    )
-    local_keys = (
-        frozenset(spec.client_class().local_keys(model)) if model is not None else frozenset()
     )
     node_of = discover_nodes(
         grid,
@@ -270,10 +305,7 @@ def run_experiment(
         min(cfg.runtime.timeout, cfg.runtime.wait_nodes),
         cfg.scenario.participation.min_clients,
     )
-    sampler = ParticipationSampler(cfg.scenario.participation, cfg.scenario.num_clients, cfg.seed)
-    strategy: FedsimStrategy = spec.server_class()(
-        StrategyContext(cfg, sampler, node_of, local_keys, list(fed.data.domains) if fed else [])
-    )
+    strategy = build_strategy(cfg, node_of, model, list(fed.data.domains) if fed else [])
     server_eval = (
         ServerEval(cfg, fed)
         if fed is not None
@@ -283,7 +315,6 @@ def run_experiment(
         else None
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    cbs = list(callbacks) if callbacks is not None else default_callbacks(cfg, run_dir)
     plain = to_plain(cfg)
     text, image = partition_report(fed, run_dir) if fed is not None else ("", None)
     if fed is not None:
@@ -310,84 +341,102 @@ def run_experiment(
     if initial is None:
         assert model is not None, "a problem without a backbone needs strategy.initial_arrays()"
         initial = arrays_from_state(model.state_dict())
-    arrays = initial
-    totals = {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
-    start_round = 1
-    ckpt_path = run_dir / ckpt_io.CHECKPOINT_FILE
+    return Experiment(cfg, run_dir, strategy, node_of, info, initial, server_eval)
+
+
+def resume(exp: Experiment, grid: Grid) -> None:
+    """Continue from the run directory's checkpoint: arrays, strategy, clients, RNG."""
+    path = exp.run_dir / ckpt_io.CHECKPOINT_FILE
+    resumed = ckpt_io.load(path)
+    ckpt_io.check_compatible(resumed, exp.info["config"], path)
+    exp.arrays = arrays_from_numpy(resumed.global_arrays)
+    exp.strategy.load_state_dict(resumed.strategy)
+    restore = getattr(grid, "restore_client_states", None)
+    if callable(restore):
+        restore(resumed.clients)
+    elif resumed.clients:
+        log.warning("this runtime cannot restore client state; clients restart empty")
+    ckpt_io.restore_torch_rng(resumed.torch_rng)
+    exp.totals.update({k: v for k, v in resumed.counters.items() if k in exp.totals})
+    exp.start_round = resumed.round + 1
+    log.info("resuming from round %d (%s)", resumed.round, path)
+
+
+def save_checkpoint(exp: Experiment, grid: Grid, done: int) -> None:
+    states = getattr(grid, "client_states", None)
+    ckpt_io.save(
+        exp.run_dir / ckpt_io.CHECKPOINT_FILE,
+        ckpt_io.Checkpoint(
+            round=done,
+            config=exp.info["config"],
+            global_arrays={k: np.array(v) for k, v in numpy_from_arrays(exp.arrays).items()},
+            strategy=exp.strategy.state_dict(),
+            clients=states() if callable(states) else {},
+            counters=dict(exp.totals),
+            torch_rng=ckpt_io.torch_rng_state(),
+        ),
+    )
+
+
+def run_round(exp: Experiment, grid: Grid, rnd: int) -> dict[str, float]:
+    """One round: configure -> train -> aggregate -> (evaluate); returns its metrics."""
+    cfg, strategy = exp.cfg, exp.strategy
+    if rnd > 1:
+        rediscover_nodes(grid, exp.node_of, cfg.runtime.timeout)
+    out = list(strategy.configure_train(rnd, exp.arrays, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(out, timeout=cfg.runtime.timeout)) if out else []
+    up = wire_nbytes(r for r in replies if not r.has_error())
+    down = wire_nbytes(out)
+    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+    if len(replies) < len(out):  # no reply within runtime.timeout: failed too
+        lost = len(out) - len(replies)
+        log.warning("round %d: %d clients did not reply in time", rnd, lost)
+        strategy.stats["sys/failed_clients"] = strategy.stats.get("sys/failed_clients", 0.0) + lost
+    if new_arrays is not None:
+        exp.arrays = new_arrays
+    exp.totals["comm/bytes_up_total"] += up
+    exp.totals["comm/bytes_down_total"] += down
+    metrics: dict[str, float] = {
+        **_prefixed("train", train_metrics),
+        "comm/bytes_up": float(up),
+        "comm/bytes_down": float(down),
+        **exp.totals,
+        **strategy.stats,
+    }
+    metrics.pop("train/steps", None)
+    metrics.update(strategy.round_metrics(rnd, exp.arrays))
+    if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+        emsgs = list(strategy.configure_evaluate(rnd, exp.arrays, ConfigRecord(), grid))
+        ereplies = list(grid.send_and_receive(emsgs, timeout=cfg.runtime.timeout)) if emsgs else []
+        metrics.update(_prefixed("eval", strategy.aggregate_evaluate(rnd, ereplies)))
+        if exp.server_eval is not None:
+            metrics.update(exp.server_eval(exp.arrays))
+    return metrics
+
+
+def run_experiment(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    callbacks: Iterable[Callback] | None = None,
+) -> dict[str, float]:
+    """Run all rounds of an experiment on ``grid``; returns the final metrics."""
+    exp = setup(grid, cfg, run_dir)
     if cfg.resume:
-        resumed = ckpt_io.load(ckpt_path)
-        ckpt_io.check_compatible(resumed, plain, ckpt_path)
-        arrays = arrays_from_numpy(resumed.global_arrays)
-        strategy.load_state_dict(resumed.strategy)
-        restore = getattr(grid, "restore_client_states", None)
-        if callable(restore):
-            restore(resumed.clients)
-        elif resumed.clients:
-            log.warning("this runtime cannot restore client state; clients restart empty")
-        ckpt_io.restore_torch_rng(resumed.torch_rng)
-        totals.update({k: v for k, v in resumed.counters.items() if k in totals})
-        start_round = resumed.round + 1
-        log.info("resuming from round %d (%s)", resumed.round, ckpt_path)
-    info["start_round"] = start_round
+        resume(exp, grid)
+    exp.info["start_round"] = exp.start_round
+    cbs = list(callbacks) if callbacks is not None else default_callbacks(cfg, run_dir)
     for cb in cbs:
-        cb.on_start(info)
-
-    def save_checkpoint(done: int) -> None:
-        states = getattr(grid, "client_states", None)
-        ckpt_io.save(
-            ckpt_path,
-            ckpt_io.Checkpoint(
-                round=done,
-                config=plain,
-                global_arrays={k: np.array(v) for k, v in numpy_from_arrays(arrays).items()},
-                strategy=strategy.state_dict(),
-                clients=states() if callable(states) else {},
-                counters=dict(totals),
-                torch_rng=ckpt_io.torch_rng_state(),
-            ),
-        )
-
+        cb.on_start(exp.info)
     stop = threading.Event()
     previous = _install_stop_handlers(stop)
     last: dict[str, float] = {}
     status = "failed"
     t_run = time.perf_counter()
     try:
-        for rnd in range(start_round, cfg.rounds + 1):
+        for rnd in range(exp.start_round, cfg.rounds + 1):
             t0 = time.perf_counter()
-            if rnd > 1:
-                rediscover_nodes(grid, node_of, cfg.runtime.timeout)
-            out = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
-            replies = list(grid.send_and_receive(out, timeout=cfg.runtime.timeout)) if out else []
-            up = wire_nbytes(r for r in replies if not r.has_error())
-            down = wire_nbytes(out)
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-            if len(replies) < len(out):  # no reply within runtime.timeout: failed too
-                lost = len(out) - len(replies)
-                log.warning("round %d: %d clients did not reply in time", rnd, lost)
-                failed = strategy.stats.get("sys/failed_clients", 0.0)
-                strategy.stats["sys/failed_clients"] = failed + lost
-            if new_arrays is not None:
-                arrays = new_arrays
-            totals["comm/bytes_up_total"] += up
-            totals["comm/bytes_down_total"] += down
-            metrics: dict[str, float] = {
-                **_prefixed("train", train_metrics),
-                "comm/bytes_up": float(up),
-                "comm/bytes_down": float(down),
-                **totals,
-                **strategy.stats,
-            }
-            metrics.pop("train/steps", None)
-            metrics.update(strategy.round_metrics(rnd, arrays))
-            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
-                ereplies = (
-                    list(grid.send_and_receive(emsgs, timeout=cfg.runtime.timeout)) if emsgs else []
-                )
-                metrics.update(_prefixed("eval", strategy.aggregate_evaluate(rnd, ereplies)))
-                if server_eval is not None:
-                    metrics.update(server_eval(arrays))
+            metrics = run_round(exp, grid, rnd)
             metrics["time/round_s"] = time.perf_counter() - t0
             metrics["time/elapsed_s"] = time.perf_counter() - t_run
             last.update(metrics)
@@ -395,10 +444,10 @@ def run_experiment(
                 cb.on_round(rnd, metrics)
             every = cfg.checkpoint_every
             if stop.is_set() or (every > 0 and (rnd % every == 0 or rnd == cfg.rounds)):
-                save_checkpoint(rnd)
+                save_checkpoint(exp, grid, rnd)
             if stop.is_set() and rnd < cfg.rounds:
                 raise KeyboardInterrupt(f"stopped by a signal after round {rnd}")
-        torch.save(state_from_arrays(arrays), run_dir / "final_model.pt")
+        torch.save(state_from_arrays(exp.arrays), run_dir / "final_model.pt")
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"

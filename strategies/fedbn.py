@@ -8,10 +8,10 @@ Because the aggregated arrays lack the BN layers, there is no single global mode
 evaluate centrally; evaluation is per client with its own BN layers.
 """
 
-from strategies.base import FedsimStrategy
+from fedsim.strategy import Strategy
 
 
-class FedBN(FedsimStrategy):
+class FedBN(Strategy):
     """FedAvg whose clients keep their batch-norm layers."""
 
     has_global_model = False

@@ -82,13 +82,13 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.aggregate import weighted_average
 from fedsim.config import RunConfig, StrategyConfig
 from fedsim.errors import ConfigError
 from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_seed
-from strategies.aggregate import weighted_average
-from strategies.base import FedsimStrategy, StrategyContext
+from fedsim.strategy import ServerContext, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ class FedoSSLConfig(StrategyConfig):
     eval_samples: int = 0  # > 0: evaluate on a fixed random subset of this size
     checkpoint: str = ""  # local state-dict file (e.g. a SimCLR ResNet-18); "" = scratch
     freeze_backbone: bool = False  # train only layer4 and the head (paper, with checkpoint)
+
+    def validate(self, run: RunConfig) -> None:
+        validate_fedossl(run)
 
 
 @dataclass
@@ -481,16 +484,15 @@ def load_checkpoint_arrays(
 # --------------------------------------------------------------------------- strategy
 
 
-class FedoSSL(FedsimStrategy):
+class FedoSSL(Strategy):
     """FedAvg (equal weights) + global clustering, alignment and open-world evaluation."""
 
     #: The cosine head exists only on the clients (the server's reference model has a
     #: linear head) and batch-norm statistics are local: no central evaluation.
     has_global_model = False
 
-    def __init__(self, ctx: StrategyContext) -> None:
+    def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx)
-        validate_fedossl(ctx.cfg)
         self.fcfg = fedossl_config(ctx.cfg)
         self.centroids: np.ndarray | None = None
         self.cluster_loss = float("nan")
@@ -560,12 +562,9 @@ class FedoSSL(FedsimStrategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """The base summary (``eval/acc`` = mean all-class accuracy) + open-world means."""
-        replies = list(replies)
-        base = super().aggregate_evaluate(server_round, replies)
-        if base is None:
-            return None
-        out = {k: float(v) for k, v in base.items()}  # type: ignore[arg-type]
+        """The open-world means over clients; the wrapper adds them to its summary
+        (``eval/acc`` = mean all-class accuracy)."""
+        out: dict[str, float] = {}
         per_key: dict[str, list[float]] = {k: [] for k in OPEN_WORLD_KEYS}
         for msg in replies:
             if msg.has_error():
@@ -577,7 +576,7 @@ class FedoSSL(FedsimStrategy):
         for key, vals in per_key.items():
             if vals:
                 out[key] = float(np.mean(vals))
-        return MetricRecord(out)  # type: ignore[arg-type]
+        return MetricRecord(out) if out else None  # type: ignore[arg-type]
 
 
 def _metrics_of(content: RecordDict) -> dict[str, float]:

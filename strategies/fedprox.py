@@ -6,17 +6,15 @@ Client (``clients.fedprox``): adds ``(mu / 2) * ||w - w_global||^2`` to its loca
 Flower's own FedProx only forwards ``mu``, the term itself lives on the client.
 """
 
-from fedsim.config import FedProxConfig
 from fedsim.payloads import Scalar
-from strategies.base import FedsimStrategy
+from fedsim.strategy import Strategy
+from protocols.fedprox import MU_KEY, FedProxConfig
 
-MU_KEY = "proximal-mu"
 
-
-class FedProx(FedsimStrategy):
+class FedProx(Strategy):
     """FedAvg that tells its clients to use a proximal term."""
 
     def train_config(self, server_round: int) -> dict[str, Scalar]:
         cfg = self.ctx.cfg.strategy
-        assert isinstance(cfg, FedProxConfig) or hasattr(cfg, "mu")
+        assert isinstance(cfg, FedProxConfig)
         return {MU_KEY: float(cfg.mu)}

@@ -50,11 +50,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedsim.aggregate import is_finite_update, weighted_average
 from fedsim.config import StrategyConfig
 from fedsim.payloads import Scalar, TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
-from strategies.aggregate import is_finite_update, weighted_average
-from strategies.base import FedsimStrategy, StrategyContext
+from fedsim.strategy import ServerContext, Strategy
 
 DISTANCES = ("L1", "L2", "MMD", "MMD_kernel")
 NOISES = ("uniform", "gaussian")
@@ -162,13 +162,13 @@ class GeneratorPayload:
 # --------------------------------------------------------------------------- strategy
 
 
-class FRAug(FedsimStrategy):
+class FRAug(Strategy):
     """FedAvg of the model (BN statistics local) and of the shared generator."""
 
     # the averaged arrays lack the clients' BN statistics: evaluation is per client
     has_global_model = False
 
-    def __init__(self, ctx: StrategyContext) -> None:
+    def __init__(self, ctx: ServerContext) -> None:
         assert isinstance(ctx.cfg.strategy, FRAugConfig)
         super().__init__(ctx)
         self.fraug = ctx.cfg.strategy

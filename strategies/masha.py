@@ -54,7 +54,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -66,7 +66,7 @@ from fedsim.errors import ConfigError
 from fedsim.payloads import Scalar, TrainIns, TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
-from strategies.base import FedsimStrategy, StrategyContext
+from fedsim.strategy import ServerContext, Strategy, messages_to
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class MashaConfig(StrategyConfig):
     """MASHA1 (unbiased compressors, e.g. ``channel.up=randk``)."""
 
     name: str = "masha1"
+    solves_problems: ClassVar[bool] = True  # it solves scenario.problem (no backbone)
     gamma: float = 0.0  # step size; 0 = the default of the module docstring (bilinear only)
     gamma_c: float = 0.5  # c in the default step size
     tau: float = -1.0  # P(no sync) per iteration; < 0 = 1 - 1/beta of the uplink channel
@@ -268,12 +269,12 @@ class ViState:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-class Masha(FedsimStrategy):
+class Masha(Strategy):
     """MASHA1 / MASHA2 / EG / naive compressed EG on a :mod:`fedsim.problems` problem."""
 
     has_global_model = False
 
-    def __init__(self, ctx: StrategyContext) -> None:
+    def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx)
         from fedsim.problems import server_problem
 
@@ -283,6 +284,11 @@ class Masha(FedsimStrategy):
         self.variant = VARIANTS[scfg.name]
         self.problem = server_problem(cfg)
         self.dense = IdentityChannel()
+        # MASHA is a compression method: it applies channel.up / channel.down itself
+        # (AlgorithmSpec.native_channels), the wrappers pass its messages through
+        self.up = make_channel(cfg.channel.up)
+        self.down = make_channel(cfg.channel.down)
+        self.stats: dict[str, float] = {}
         self.tau = 0.0 if scfg.name == "eg" else (scfg.tau if scfg.tau >= 0 else default_tau(cfg))
         if self.variant == "naive":
             self.tau = 0.0
@@ -350,6 +356,7 @@ class Masha(FedsimStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         s = self.st
+        assert self.ctx.sampler is not None  # MASHA decides who computes in step rounds
         plan = self.ctx.sampler.plan(server_round)
         everyone = sorted(self.ctx.node_of)
         sampled = set(plan.selected.tolist()) - set(plan.dropped.tolist()) - set(plan.late.tolist())
@@ -372,7 +379,9 @@ class Masha(FedsimStrategy):
                 s.pending_broadcast,
                 s.pending_fw,
             )
-            out.extend(self._messages(ins.to_ins().to_record(), [pid], MessageType.TRAIN))
+            node = self.ctx.node_of.get(pid)
+            if node is not None:
+                out.extend(messages_to(ins.to_ins().to_record(), [node], MessageType.TRAIN))
         return out
 
     def _decoded(self, replies: Iterable[Message], channel: Channel) -> list[np.ndarray]:

@@ -167,10 +167,14 @@ def test_fedavg_through_randk_uplink_sends_what_was_counted(fast_cfg, tmp_path: 
         "channel.up.ratio=0.1",
     )  # fmt: skip
     grid, final = _run(cfg, tmp_path)
-    state = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed).state_dict()
+    model = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed)
+    state = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers()}  # statistics travel uncompressed
     per_client = sum(
-        num_kept(t.numel(), 0.1) * 4 + 8 if t.is_floating_point() else t.numel() * t.element_size()
-        for t in state.values()
+        num_kept(t.numel(), 0.1) * 4 + 8
+        if t.is_floating_point() and k not in buffers
+        else t.numel() * t.element_size()
+        for k, t in state.items()
     )
     assert final["comm/bytes_up"] == 3 * per_client == wire_nbytes(grid.received)
     dense = sum(t.numel() * t.element_size() for t in state.values())

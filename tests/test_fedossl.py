@@ -163,7 +163,9 @@ def test_fedossl_needs_an_open_world_scenario(fast_cfg) -> None:  # type: ignore
 
 
 def test_registry_variants_switch_the_right_terms() -> None:
-    from strategies import REGISTRY
+    from fedsim.registry import algorithms
+
+    REGISTRY = algorithms()
 
     full, orca, no_ls, no_calib = (
         REGISTRY[n].config()
@@ -181,8 +183,8 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     fast_cfg,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
-    from clients.base import LOCAL_KEY
     from fedsim.backbones import bn_running_stat_keys
+    from fedsim.client import LOCAL_KEY
     from fedsim.modelzoo import initial_model
 
     cfg = fast_cfg(

@@ -25,13 +25,13 @@ from clients.fraug import (
     mmd_moments,
     update_prototypes,
 )
+from fedsim.aggregate import weighted_average
 from fedsim.backbones import BACKBONES, bn_running_stat_keys, bn_state_keys, build_backbone
 from fedsim.config import BackboneConfig
 from fedsim.errors import ConfigError
 from fedsim.modelzoo import initial_model
 from fedsim.records import numpy_from_arrays
 from fedsim.runner import execute
-from strategies.aggregate import weighted_average
 from strategies.fraug import (
     GENERATOR_RECORD,
     FRAugConfig,

@@ -9,9 +9,9 @@ import torch
 from flwr.app import Message
 from recording import run_recorded
 
-from clients.base import LOCAL_KEY, client_env
 from clients.fedprox import FedProxClient, proximal_term
 from fedsim.backbones import bn_state_keys
+from fedsim.client import LOCAL_KEY, client_env
 from fedsim.conf import to_json
 from fedsim.modelzoo import initial_model
 from fedsim.payloads import TrainIns

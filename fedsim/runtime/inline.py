@@ -3,7 +3,7 @@
 ``InlineGrid`` implements ``flwr.serverapp.Grid``: the ServerApp pushes messages, the grid
 calls the ClientApp directly with that node's persistent ``Context``, and the replies are
 pulled back.  Nothing is polled, no process is started per message, the dataset and the
-model objects are built once per process (``clients.base.ClientEnv``), and a client's
+model objects are built once per process (``fedsim.client.ClientEnv``), and a client's
 ``Context`` (its ``state``) lives as long as the run — the same semantics as Flower's
 engines at a fraction of the orchestration cost.
 

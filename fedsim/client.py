@@ -1,4 +1,9 @@
-"""The FedAvg client and the per-process environment every client shares.
+"""What a fedsim client is: the FedAvg client and the per-process environment.
+
+A client sees the global arrays as decoded from ``channel.down`` and replies with its
+arrays; the channels, the keys that must stay local, faults and attacks are applied
+around it by the ClientApp mods of :mod:`fedsim.wrap.client`, so no client can forget
+or bypass them.
 
 A simulated client is rebuilt for every message (Flower's model); what must persist lives
 in ``context.state`` under documented keys:
@@ -16,24 +21,20 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
-from fedsim.channels import make_channel
 from fedsim.config import RunConfig
 from fedsim.federation import Federation, load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import (
-    arrays_from_numpy,
     arrays_from_state,
-    numpy_from_arrays,
     state_from_arrays,
 )
-from fedsim.seeding import derive_rng, torch_generator
-from fedsim.training import TrainHooks, evaluate_model, make_optimizer, train_local
+from fedsim.seeding import torch_generator
+from fedsim.training import TrainHooks, TrainStats, evaluate_model, make_optimizer, train_local
 
 LOCAL_KEY = "fedsim.local"
 OPTIM_KEY = "fedsim.optim"
@@ -49,6 +50,13 @@ class ClientEnv:
     init_state: dict[str, torch.Tensor]
     device: torch.device
     lock: threading.Lock
+
+    @property
+    def buffer_keys(self) -> frozenset[str]:
+        """State-dict keys of the model's buffers (BatchNorm statistics, ...)."""
+        if self.model is None:
+            return frozenset()
+        return frozenset(name for name, _ in self.model.named_buffers())
 
 
 _ENVS: dict[str, ClientEnv] = {}
@@ -113,6 +121,11 @@ class Client:
         """Additions to the local objective for this round (none for FedAvg)."""
         return TrainHooks()
 
+    def after_fit(self, ins: TrainIns, stats: TrainStats) -> dict[str, ArrayRecord]:
+        """Extra records to send after local training, the trained model still loaded
+        (SCAFFOLD: the change of its control variate); none for FedAvg."""
+        return {}
+
     # ---------------------------------------------------------------- state
     def load(self, arrays: ArrayRecord) -> None:
         """Global arrays + this client's local tensors -> the shared model object."""
@@ -158,28 +171,6 @@ class Client:
         }
         self.state[OPTIM_KEY] = arrays_from_state(flat)
 
-    # ---------------------------------------------------------------- channels
-    def downlink(self, ins: TrainIns) -> ArrayRecord:
-        """The global arrays as decoded from ``channel.down`` (as sent when identity)."""
-        if self.cfg.channel.down.name == "identity":
-            return ins.arrays
-        like = {k: v.numpy() for k, v in self.env.init_state.items() if k not in self.keep}
-        down = make_channel(self.cfg.channel.down)
-        return arrays_from_numpy(down.decode(ins.arrays, like))
-
-    def uplink(self, received: ArrayRecord, out: ArrayRecord, server_round: int) -> ArrayRecord:
-        """What goes back through ``channel.up``: the arrays themselves when identity, else
-        the encoded update ``out - received`` (floating arrays; others travel as values)."""
-        if self.cfg.channel.up.name == "identity":
-            return out
-        ref = numpy_from_arrays(received)
-        update = {
-            k: v - ref[k] if k in ref and np.issubdtype(v.dtype, np.floating) else v
-            for k, v in numpy_from_arrays(out).items()
-        }
-        rng = derive_rng(self.cfg.seed, "channel/up", server_round, self.pid)
-        return make_channel(self.cfg.channel.up).encode(update, rng)
-
     # ---------------------------------------------------------------- messages
     def fit(self, ins: TrainIns) -> TrainRes:
         data = self.env.fed.client(self.pid)
@@ -187,8 +178,7 @@ class Client:
         if data.labeled is not None:  # open world: a supervised client has only its labels
             x, y = x[data.labeled], y[data.labeled]
         with self.env.lock:
-            received = self.downlink(ins)
-            self.load(received)
+            self.load(ins.arrays)
             opt = self.optimizer()
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
             stats = train_local(
@@ -204,8 +194,9 @@ class Client:
             )
             self.save_local()
             self.save_optimizer(opt)
-            out = self.uplink(received, self.shared_state(), ins.server_round)
-        return TrainRes(out, len(y), {"loss": stats.loss, "steps": float(stats.steps)})
+            out = self.shared_state()
+            extra = self.after_fit(ins, stats)
+        return TrainRes(out, len(y), {"loss": stats.loss, "steps": float(stats.steps)}, extra)
 
     def evaluate(self, ins: EvalIns) -> EvalRes:
         data = self.env.fed.client(self.pid)
