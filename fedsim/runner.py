@@ -20,6 +20,7 @@ from fedsim.conf import to_json, to_plain, validate
 from fedsim.config import RunConfig
 from fedsim.errors import ConfigError, UserError
 from fedsim.federation import load_federation
+from fedsim.logs import attach_log_file, detach_log_file
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.server import run_dir_for
 from fedsim.tracking import STATUS_FILE, read_status
@@ -55,23 +56,13 @@ def preflight(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "fedsim.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    return handler
-
-
 def execute(cfg: RunConfig) -> dict[str, Any]:
     """Run one experiment; returns the final record written to ``run.json``."""
     run_dir = preflight(cfg)
     if run_dir.exists() and not cfg.resume:  # allowed: overwrite=true, or an unfinished run
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _attach_log_file(run_dir)
+    handler = attach_log_file(run_dir)
     run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -98,8 +89,7 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         else:
             raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        detach_log_file(handler)
     record = json.loads((run_dir / STATUS_FILE).read_text())
     if record.get("status") != "complete":
         raise UserError(
