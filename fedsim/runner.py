@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def preflight(cfg: RunConfig) -> Path:
             raise type(e)(f"{where}: scenario.{e}") from None
         initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
     run_dir = run_dir_for(cfg)
+    _check_creatable(run_dir)
     if cfg.resume:  # refuse a bad resume before anything in the run directory changes
         path = run_dir / CHECKPOINT_FILE
         ckpt_io.check_compatible(ckpt_io.load(path), to_plain(cfg), path)
@@ -54,6 +56,30 @@ def preflight(cfg: RunConfig) -> Path:
             "pass overwrite=true to replace it, or choose another output_dir/experiment"
         )
     return run_dir
+
+
+def _check_creatable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created, without creating anything.
+
+    The nearest existing ancestor must be a directory in which a directory can be made
+    (tried with a temporary one, removed at once: permissions alone do not tell, e.g.
+    for ``/proc`` or a read-only mount).
+    """
+    if run_dir.is_dir():
+        return
+    base = run_dir
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    where = f"output_dir: cannot create {run_dir}"
+    if not base.is_dir():
+        raise UserError(f"{where}: {base} is not a directory; choose another output_dir")
+    try:
+        Path(tempfile.mkdtemp(prefix=".fedsim-check-", dir=base)).rmdir()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(
+            f"{where}: no directory can be made in {base} ({reason}); choose a writable output_dir"
+        ) from None
 
 
 def execute(cfg: RunConfig) -> dict[str, Any]:
