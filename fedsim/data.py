@@ -67,8 +67,6 @@ FORMATS = ("sklearn_digits", "npz", "idx", "cifar", "image_folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 """File suffixes (case-insensitive) that :func:`load_image_folder` reads."""
 
-_FILE_FORMATS = ("npz", "idx")  # ``train``/``test`` name a file
-_DIR_FORMATS = ("cifar", "image_folder")  # ``train``/``test`` name a directory
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights PIL uses for RGB -> "L"
 _CHUNK_FLOATS = 1 << 23  # ~32 MiB of float32 per conversion chunk
