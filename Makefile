@@ -26,6 +26,7 @@ check: setup
 	$(VENV)/bin/ruff check fedsim strategies clients tests bench scripts
 	$(VENV)/bin/ruff format --check fedsim strategies clients
 	$(VENV)/bin/mypy fedsim strategies clients
+	$(VENV)/bin/lint-imports
 
 test: check
 	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \

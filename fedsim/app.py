@@ -26,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.conf import compose, from_json, to_json
 from fedsim.config import RunConfig
+from fedsim.grid import for_grid
 from fedsim.payloads import EvalIns, Identity, TrainIns
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,9 @@ def make_server_app(bound: Mapping[str, Any] | None = None) -> ServerApp:
         rc = _merged(context, bound)
         cfg, _ = config_from_run_config(rc)
         run_dir = Path(str(rc[RUN_DIR_KEY])) if RUN_DIR_KEY in rc else run_dir_for(cfg)
-        if type(grid).__name__ == "HttpGrid":  # Flower's Deployment Engine
-            from fedsim.deploy import deployed_experiment
-
-            # a relative run directory is relative to the SuperLink's working directory
-            final = deployed_experiment(grid, cfg, run_dir.resolve())
-        else:
-            final = run_experiment(grid, cfg, run_dir)
+        # the runtime's grid and run directory (the Deployment Engine's are adapted here)
+        with for_grid(grid, run_dir) as (runtime_grid, runtime_dir):
+            final = run_experiment(runtime_grid, cfg, runtime_dir)
         log.info("run finished: %s", {k: v for k, v in final.items() if k.startswith("eval/acc")})
 
     return app

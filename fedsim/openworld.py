@@ -19,7 +19,6 @@ unseen classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,22 +251,4 @@ def open_world_metrics(
                 out[name] = float(hit[sel].mean())
     if p.size:
         out["acc_all"] = hungarian_accuracy(p, t)
-    return out
-
-
-def split_summary(
-    split: OpenWorldSplit, labels: npt.ArrayLike, num_classes: int
-) -> list[dict[str, Sequence[int]]]:
-    """Per client: labelled and unlabelled sample counts per class (for reports/tests)."""
-    y = np.asarray(labels, dtype=np.int64)
-    out: list[dict[str, Sequence[int]]] = []
-    for idx in split.parts:
-        lab = idx[split.labeled[idx]]
-        unl = idx[~split.labeled[idx]]
-        out.append(
-            {
-                "labeled": np.bincount(y[lab], minlength=num_classes).tolist(),
-                "unlabeled": np.bincount(y[unl], minlength=num_classes).tolist(),
-            }
-        )
     return out

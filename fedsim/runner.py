@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fedsim.conf import to_json, to_plain, validate
 from fedsim.config import RunConfig
 from fedsim.errors import ConfigError, UserError
 from fedsim.federation import load_federation
+from fedsim.logs import attach_log_file, detach_log_file
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.server import run_dir_for
 from fedsim.tracking import STATUS_FILE, read_status
@@ -39,6 +41,7 @@ def preflight(cfg: RunConfig) -> Path:
             raise type(e)(f"{where}: scenario.{e}") from None
         initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
     run_dir = run_dir_for(cfg)
+    _check_creatable(run_dir)
     if cfg.resume:  # refuse a bad resume before anything in the run directory changes
         path = run_dir / CHECKPOINT_FILE
         ckpt_io.check_compatible(ckpt_io.load(path), to_plain(cfg), path)
@@ -55,14 +58,28 @@ def preflight(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "fedsim.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    return handler
+def _check_creatable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created, without creating anything.
+
+    The nearest existing ancestor must be a directory in which a directory can be made
+    (tried with a temporary one, removed at once: permissions alone do not tell, e.g.
+    for ``/proc`` or a read-only mount).
+    """
+    if run_dir.is_dir():
+        return
+    base = run_dir
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    where = f"output_dir: cannot create {run_dir}"
+    if not base.is_dir():
+        raise UserError(f"{where}: {base} is not a directory; choose another output_dir")
+    try:
+        Path(tempfile.mkdtemp(prefix=".fedsim-check-", dir=base)).rmdir()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(
+            f"{where}: no directory can be made in {base} ({reason}); choose a writable output_dir"
+        ) from None
 
 
 def execute(cfg: RunConfig) -> dict[str, Any]:
@@ -71,7 +88,7 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
     if run_dir.exists() and not cfg.resume:  # allowed: overwrite=true, or an unfinished run
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _attach_log_file(run_dir)
+    handler = attach_log_file(run_dir)
     run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -98,8 +115,7 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         else:
             raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        detach_log_file(handler)
     record = json.loads((run_dir / STATUS_FILE).read_text())
     if record.get("status") != "complete":
         raise UserError(

@@ -146,3 +146,24 @@ def test_resume_of_a_finished_run_is_refused(tmp_path: Path, capsys) -> None:  #
     )
     line = _refused(capsys, ["resume", str(run_dir)])
     assert "nothing to resume" in line
+
+
+# --------------------------------------------------------------------- output_dir
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_output_dir_that_cannot_be_created_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+) -> None:
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc on this system")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    out = blocker / "runs" if where == "under_a_file" else Path("/proc") / "fedsim-x"
+    before = sorted(tmp_path.rglob("*"))
+    line = _refused(capsys, ["run", f"output_dir={out}", "rounds=1", "progress=false"])
+    assert line.startswith("fedsim: error: output_dir: cannot create "), line
+    assert str(out) in line
+    assert sorted(tmp_path.rglob("*")) == before  # nothing half-written
+    assert blocker.read_text() == "not a directory\n"
+    assert not out.exists()

@@ -231,6 +231,31 @@ def test_polling_grid_stops_pulling_when_every_reply_is_in() -> None:
     assert inner.pulls == 2
 
 
+def test_only_flowers_deployment_grid_is_wrapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from fedsim.grid import PollingGrid, for_grid, wrap_grid
+
+    other = object()
+    with for_grid(other, tmp_path / "rel") as (grid, run_dir):  # type: ignore[arg-type]
+        assert grid is other and run_dir == tmp_path / "rel"
+    assert not (tmp_path / "rel").exists()  # nothing created off the Deployment Engine
+
+    http = object.__new__(HttpGrid)  # the class is what counts, not a connection
+    monkeypatch.chdir(tmp_path)
+    with for_grid(http, Path("runs/x")) as (grid, run_dir):
+        assert isinstance(grid, PollingGrid) and grid.grid is http
+        assert run_dir == tmp_path / "runs" / "x"
+        logging.getLogger("fedsim.test").info("into the run's log")
+    assert "into the run's log" in (tmp_path / "runs" / "x" / "fedsim.log").read_text()
+    monkeypatch.setenv("FEDSIM_GRID_POLL_S", "0")  # 0 keeps Flower's own pulls
+    assert wrap_grid(http) is http
+
+
 # ----------------------------------------------------------------------------- real processes
 
 SMALL = [
