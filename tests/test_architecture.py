@@ -19,7 +19,7 @@ import pytest
 grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (the dev extra)")
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("fedsim", "strategies", "clients")
+PACKAGES = ("fedsim", "strategies", "clients", "protocols")
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
