@@ -75,6 +75,16 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def dashboard_columns(experiment_info: Any) -> list[str]:
+    """The hparams columns TensorBoard's HPARAMS tab shows by default: its backend's
+    ordering (``differs`` first, then by name), then the page's first five."""
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    copy = type(experiment_info).FromString(experiment_info.SerializeToString())
+    _sort_and_reduce_to_hparams_limit(copy)
+    return [h.name for h in copy.hparam_infos][:5]
+
+
 def run_dirs(experiment: Path) -> dict[tuple[str, int], Path]:
     return {(s, seed): experiment / s / f"seed-{seed}" for s in STRATEGIES for seed in SEEDS}
 
@@ -126,11 +136,15 @@ def test_event_files_hold_scalars_hparams_layout_and_pictures(experiment: Path) 
         ).experiment
         metric_tags = {m.name.tag for m in experiment_info.metric_infos}
         assert {"hparams/eval/acc", "hparams/comm/bytes_up_total"} <= metric_tags
+        # the HPARAMS tab ticks its first five columns: strategy must be one of them
+        assert "strategy" in dashboard_columns(experiment_info)
 
         # the custom-scalars layout: one chart per metric whose regex matches that tag
         (layout_event,) = acc.Tensors("custom_scalars__config__")
         layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
         charts = {c.title: c for cat in layout.category for c in cat.chart}
+        assert layout.category[0].title == "fedsim eval"
+        assert [c.title for c in layout.category[0].chart][0] == "eval/acc"
         for metric in ["eval/acc", "train/loss", "comm/bytes_up_total", "time/elapsed_s"]:
             (regex,) = charts[metric].multiline.tag
             assert [t for t in scalars if re.search(regex, t)] == [metric]
@@ -246,6 +260,10 @@ def test_swept_hyper_parameter_gets_its_own_folder_and_hparams_column(tmp_path: 
         hp["_hparams_/session_start_info"]
     ).session_start_info
     assert start.hparams["train.lr"].number_value == 0.05
+    experiment_info = plugin_data_pb2.HParamsPluginData.FromString(
+        hp["_hparams_/experiment"]
+    ).experiment
+    assert dashboard_columns(experiment_info)[:2] == ["strategy", "train.lr"]
 
     done = fedsim("compare", str(experiment))
     assert done.returncode == 0, done.stderr
