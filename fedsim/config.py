@@ -221,6 +221,8 @@ class RuntimeConfig:
     threads: int = (
         0  # torch threads per client process (0 = torch's default); 1 makes runtimes bit-comparable
     )
+    # ray: "" = a private local Ray instance; auto | host:port | ray://host:port = join a cluster
+    address: str = ""
     client_cpus: float = 1.0  # ray: CPUs reserved per ClientApp
     client_gpus: float = 0.0  # ray: fraction of a GPU per ClientApp
     timeout: float = 3600.0  # seconds the server waits for replies in a round

@@ -94,6 +94,7 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
                 run_config,
                 cfg.runtime.client_cpus,
                 cfg.runtime.client_gpus,
+                cfg.runtime.address,
             )
         else:
             raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")
