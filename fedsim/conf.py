@@ -459,6 +459,10 @@ def validate_scenario(s: ScenarioConfig) -> None:
         f"evaluation.holdout_fraction: must be in [0, 1), got {ev.holdout_fraction}",
     )
     need(
+        0 <= ev.validation_fraction < 1,
+        f"evaluation.validation_fraction: must be in [0, 1), got {ev.validation_fraction}",
+    )
+    need(
         0 <= ev.fraction <= 1,
         f"evaluation.fraction: must be in [0, 1] (0 = no federated evaluation), got {ev.fraction}",
     )

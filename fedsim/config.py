@@ -114,6 +114,9 @@ class EvaluationConfig:
     """Federated (per-client held-out) and centralised (global test set) evaluation."""
 
     holdout_fraction: float = 0.2  # per-client held-out share of its samples
+    # > 0 (fedsim tune): evaluate on this share of each client's training part instead of
+    # its holdout, which stays unseen; the validation share is not trained on
+    validation_fraction: float = 0.0
     fraction: float = 1.0  # fraction of clients evaluated per evaluation round (0 = none)
     global_test: bool = True  # evaluate the global model on the global test set
 

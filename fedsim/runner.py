@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir)
+    import torch
+
+    log.info("process %d, %d torch thread(s)", os.getpid(), torch.get_num_threads())
     run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:

@@ -144,7 +144,7 @@ def test_event_files_hold_scalars_hparams_layout_and_pictures(experiment: Path) 
         layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
         charts = {c.title: c for cat in layout.category for c in cat.chart}
         assert layout.category[0].title == "fedsim eval"
-        assert [c.title for c in layout.category[0].chart][0] == "eval/acc"
+        assert layout.category[0].chart[0].title == "eval/acc"
         for metric in ["eval/acc", "train/loss", "comm/bytes_up_total", "time/elapsed_s"]:
             (regex,) = charts[metric].multiline.tag
             assert [t for t in scalars if re.search(regex, t)] == [metric]
@@ -269,4 +269,64 @@ def test_swept_hyper_parameter_gets_its_own_folder_and_hparams_column(tmp_path: 
     assert done.returncode == 0, done.stderr
     md = (experiment / "compare" / "summary.md").read_text()
     assert "| fedprox | train.lr=0.05 | 2 |" in md
+    assert "All runs share the same settings" in md
+
+
+def test_parallel_jobs_get_a_share_of_the_cores() -> None:
+    from types import SimpleNamespace
+
+    from fedsim.launchers import job_threads, parallel_jobs
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    basic = SimpleNamespace(_target_="hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+    assert parallel_jobs(basic, 8) == 1 and job_threads(basic, 8) is None
+    assert parallel_jobs(SimpleNamespace(_target_=joblib, n_jobs=-1), 8) == 8
+    assert parallel_jobs(SimpleNamespace(_target_=joblib, n_jobs=-2), 8) == 7
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=2), 8) == 4
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=3), 8) == 2
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=-1), 2) == 1
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_the_same_sweep_in_parallel_processes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher")
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+    experiment = sweep(tmp_path, *joblib, "backbone.width=0.5")
+
+    dirs = run_dirs(experiment)
+    for run_dir in dirs.values():
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    # 2 jobs at once: each ran in a worker process of its own (joblib's loky pool reuses
+    # two) with its share of the cores as torch threads
+    logs = [(d / "fedsim.log").read_text() for d in dirs.values()]
+    found = [re.search(r"process (\d+), (\d+) torch thread\(s\)", text) for text in logs]
+    assert all(found), logs
+    assert len({m.group(1) for m in found if m}) == 2
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert {int(m.group(2)) for m in found if m} == {share}
+    # the same sweep again skips every complete run, as with the default launcher
+    again = fedsim(
+        "run",
+        "-m",
+        *joblib,
+        f"strategy={','.join(STRATEGIES)}",
+        f"seed={','.join(map(str, SEEDS))}",
+        f"experiment={EXPERIMENT}",
+        f"rounds={ROUNDS}",
+        "scenario.num_clients=4",
+        "backbone=mlp",
+        "backbone.width=0.5",
+        "progress=false",
+        f"output_dir={tmp_path}",
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == len(dirs), again.stdout
+
+    done = fedsim("compare", str(experiment))
+    assert done.returncode == 0, done.stderr
+    md = (experiment / "compare" / "summary.md").read_text()
+    assert "| fedavg | 2 |" in md and "| fedprox | 2 |" in md
+    assert "## Paired tests against `fedavg`" in md
     assert "All runs share the same settings" in md
