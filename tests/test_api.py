@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,22 @@ def test_bad_values_raise_the_cli_message(
 def test_a_sweep_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"seed: fedsim\.run runs one experiment"):
         fedsim.run(overrides=["seed=0,1"], output_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_the_readme_example_works_as_typed(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    acc, run_dir = done.stdout.split()
+    assert 0.0 <= float(acc) <= 1.0
+    record = json.loads((tmp_path / run_dir / "run.json").read_text())
+    assert record["config"]["strategy"] == {"name": "fedprox", "mu": 0.1}
+    assert record["config"]["scenario"]["name"] == "digits_dirichlet_0.1"
