@@ -215,6 +215,19 @@ def test_compare_table_matches_metrics_jsonl_and_plots_render_headless(
         assert f"| {strategy} | 2 | {cell} |" in md
     assert "None: every run is complete." in md
     assert "All runs share the same settings" in md
+    # the paired test against fedavg is scipy's on the per-seed finals of the same seeds
+    from scipy.stats import ttest_rel
+
+    avg, prox = (
+        [rows(experiment / s / f"seed-{k}")[-1]["eval/acc"] for k in SEEDS] for s in STRATEGIES
+    )
+    assert table["fedprox"]["baseline"] == "fedavg" and table["fedprox"]["pairs"] == "2"
+    assert float(table["fedprox"]["mean_diff"]) == pytest.approx(
+        statistics.mean(prox) - statistics.mean(avg)
+    )
+    expected = ttest_rel(prox, avg).pvalue
+    if np.isfinite(expected):
+        assert float(table["fedprox"]["paired_t_p"]) == pytest.approx(expected)
     for name in ("eval_acc_vs_round.png", "eval_acc_vs_bytes.png"):
         pixels = np.asarray(Image.open(out / name).convert("RGB"), dtype=np.float64)
         assert pixels.shape[0] > 300 and pixels.shape[1] > 400
