@@ -159,9 +159,7 @@ def _paired_section(c: Comparison) -> list[str]:
         ci = (
             f"[{t.ci_low:+.{digits}f}, {t.ci_high:+.{digits}f}]" if math.isfinite(t.ci_low) else "—"
         )
-        lines.append(
-            f"| {label} | {t.n} | {diff} | {ci} | {_p(t.t_p)} | {_p(t.wilcoxon_p)} |"
-        )
+        lines.append(f"| {label} | {t.n} | {diff} | {ci} | {_p(t.t_p)} | {_p(t.wilcoxon_p)} |")
     smallest = min((t.n for t in c.tests.values()), default=0)
     lines += [
         "",
