@@ -14,7 +14,8 @@ drawn from a stream of their own.
 Output, under ``<output_dir>``: ``<experiment>-trials/<strategy>/<setting>/seed-<S>``
 (the trials), ``<experiment>/<strategy>/<setting>/seed-<S>`` (the final runs, which
 ``fedsim compare <output_dir>/<experiment>`` reads) and ``<experiment>/tune.md`` /
-``tune.json`` (every trial's score and the chosen settings).  Complete runs are skipped,
+``tune.json`` (every trial's score and the chosen settings); ``experiment`` defaults to
+``tune-<scenario>``.  Complete runs are skipped,
 so an interrupted tuning resumes where it stopped.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +97,8 @@ def draw_settings(
     shared_rng = np.random.default_rng([seed, 0])
     shared = [{s.key: s.draw(shared_rng) for s in spaces if not s.strategy} for _ in range(trials)]
     out: dict[str, list[dict[str, Any]]] = {}
-    for i, name in enumerate(strategies):
-        own_rng = np.random.default_rng([seed, 1 + i])
+    for name in strategies:  # a stream per strategy name: the list's order does not matter
+        own_rng = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
         own = [s for s in spaces if s.strategy == name]
         out[name] = [{**shared[t], **{s.key: s.draw(own_rng) for s in own}} for t in range(trials)]
     return out
@@ -163,13 +165,15 @@ def tune(
     if unknown:
         raise ConfigError(f"tune: --space for {', '.join(unknown)}, which is not in --strategies")
     probe = _config(list(overrides), strategies[0], seeds[0], {}, [])
-    experiment = probe.experiment or probe.scenario.name
+    # not the scenario's folder of ordinary runs: compare would mix them with the final runs
+    experiment = probe.experiment or f"tune-{probe.scenario.name}"
     out_dir = Path(probe.output_dir)
     trial_extra = [
         f"experiment={experiment}-trials",
         f"scenario.evaluation.validation_fraction={validation_fraction}",
         "scenario.evaluation.global_test=false",
     ]
+    final_extra = [f"experiment={experiment}"]
     settings = draw_settings(strategies, spaces, trials, search_seed)
     # compose every configuration first: a bad key or value fails before anything runs
     planned = {
@@ -194,7 +198,8 @@ def tune(
         report["strategies"][name] = {"trials": scored, "best": best["setting"]}
     finals = {
         name: [
-            _config(list(overrides), name, s, report["strategies"][name]["best"], []) for s in seeds
+            _config(list(overrides), name, s, report["strategies"][name]["best"], final_extra)
+            for s in seeds
         ]
         for name in strategies
     }

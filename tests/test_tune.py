@@ -41,6 +41,8 @@ def test_every_strategy_gets_the_same_budget_and_the_same_shared_values() -> Non
     again = draw_settings(["fedavg", "fedprox"], spaces, trials=5, seed=3)
 
     assert drawn == again  # seeded
+    # a strategy's draws do not depend on which other strategies are tuned, or their order
+    assert draw_settings(["fedprox"], spaces, trials=5, seed=3)["fedprox"] == drawn["fedprox"]
     assert len(drawn["fedavg"]) == len(drawn["fedprox"]) == 5
     assert [t["train.lr"] for t in drawn["fedavg"]] == [t["train.lr"] for t in drawn["fedprox"]]
     assert all(set(t) == {"train.lr"} for t in drawn["fedavg"])
