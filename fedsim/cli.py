@@ -24,6 +24,7 @@ commands:
   deploy     Flower deployment: certs, superlink, supernode, run  (fedsim deploy --help)
   compare    table + plots of a sweep's runs  (fedsim compare runs/cmp --target 0.9)
   resume     continue an interrupted run      (fedsim resume runs/digits_iid/fedavg/seed-0)
+  tune       equal-budget tuning per strategy, then fresh seeds  (fedsim tune --help)
 
 examples:
   fedsim run                                         # FedAvg on the embedded digits
@@ -153,6 +154,9 @@ def cmd_run(args: list[str]) -> int:
                 done = run_dir_for(cfg)
                 print(f"fedsim: skipping {done}: already complete (overwrite=true redoes it)")
                 return float("nan")
+            from fedsim.launchers import limit_job_threads
+
+            limit_job_threads(cfg)  # parallel launchers (hydra/launcher=joblib)
             record = execute(cfg)
         except UserError as e:
             sys.exit(_fail(str(e)))
@@ -205,6 +209,12 @@ def cmd_compare(args: list[str]) -> int:
     from fedsim.compare import main as compare_main
 
     return compare_main(args)
+
+
+def cmd_tune(args: list[str]) -> int:
+    from fedsim.tune import main as tune_main
+
+    return tune_main(args)
 
 
 def cmd_deploy(args: list[str]) -> int:
@@ -266,6 +276,7 @@ COMMANDS = {
     "partition": cmd_partition,
     "compare": cmd_compare,
     "deploy": cmd_deploy,
+    "tune": cmd_tune,
 }
 
 

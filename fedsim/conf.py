@@ -396,6 +396,10 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.runtime.workers >= 0, f"runtime.workers: must be >= 0, got {cfg.runtime.workers}")
     need(cfg.runtime.threads >= 0, f"runtime.threads: must be >= 0, got {cfg.runtime.threads}")
     need(cfg.runtime.timeout > 0, f"runtime.timeout: must be > 0, got {cfg.runtime.timeout}")
+    from fedsim.runtime.ray import validate_runtime
+
+    bad_runtime = validate_runtime(cfg.runtime)
+    need(bad_runtime is None, bad_runtime or "")
     from fedsim.channels import validate_channel
 
     for side in ("up", "down"):
@@ -455,6 +459,10 @@ def validate_scenario(s: ScenarioConfig) -> None:
     need(
         0 <= ev.holdout_fraction < 1,
         f"evaluation.holdout_fraction: must be in [0, 1), got {ev.holdout_fraction}",
+    )
+    need(
+        0 <= ev.validation_fraction < 1,
+        f"evaluation.validation_fraction: must be in [0, 1), got {ev.validation_fraction}",
     )
     need(
         0 <= ev.fraction <= 1,

@@ -114,6 +114,9 @@ class EvaluationConfig:
     """Federated (per-client held-out) and centralised (global test set) evaluation."""
 
     holdout_fraction: float = 0.2  # per-client held-out share of its samples
+    # > 0 (fedsim tune): evaluate on this share of each client's training part instead of
+    # its holdout, which stays unseen; the validation share is not trained on
+    validation_fraction: float = 0.0
     fraction: float = 1.0  # fraction of clients evaluated per evaluation round (0 = none)
     global_test: bool = True  # evaluate the global model on the global test set
 
@@ -217,6 +220,8 @@ class RuntimeConfig:
     threads: int = (
         0  # torch threads per client process (0 = torch's default); 1 makes runtimes bit-comparable
     )
+    # ray: "" = a private local Ray instance; auto | host:port | ray://host:port = join a cluster
+    address: str = ""
     client_cpus: float = 1.0  # ray: CPUs reserved per ClientApp
     client_gpus: float = 0.0  # ray: fraction of a GPU per ClientApp
     timeout: float = 3600.0  # seconds the server waits for replies in a round

@@ -157,6 +157,9 @@ def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:
     frac = scenario.evaluation.holdout_fraction
     for pid, idx in enumerate(parts):
         tr, ho = split_holdout(idx, frac, derive_rng(seed, "holdout", pid))
+        if scenario.evaluation.validation_fraction > 0:  # tuning: the holdout stays unseen
+            val = scenario.evaluation.validation_fraction
+            tr, ho = split_holdout(tr, val, derive_rng(seed, "validation", pid))
         train_parts.append(tr)
         holdout_parts.append(ho)
     return Federation(scenario, seed, data, train_parts, holdout_parts, labeled)

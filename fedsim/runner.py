@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -89,6 +90,9 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = attach_log_file(run_dir)
+    import torch
+
+    log.info("process %d, %d torch thread(s)", os.getpid(), torch.get_num_threads())
     run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
@@ -111,6 +115,7 @@ def execute(cfg: RunConfig) -> dict[str, Any]:
                 run_config,
                 cfg.runtime.client_cpus,
                 cfg.runtime.client_gpus,
+                cfg.runtime.address,
             )
         else:
             raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")

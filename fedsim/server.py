@@ -8,7 +8,6 @@ Tracking (TensorBoard, ``metrics.jsonl``, progress, run status) attaches as call
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 import time
@@ -41,6 +40,7 @@ from fedsim.records import (
 )
 from fedsim.registry import get
 from fedsim.strategy import ServerContext
+from fedsim.tb_layout import HPARAM_EXTRA, HPARAM_METRICS, custom_scalars_layout, tag_hparams
 from fedsim.tracking import (
     Callback,
     JsonlCallback,
@@ -52,51 +52,6 @@ from fedsim.training import evaluate_model
 from fedsim.wrap.server import FedsimStrategy
 
 log = logging.getLogger(__name__)
-
-HPARAM_METRICS = ["eval/acc", "eval/global_acc", "train/loss"]
-#: Columns of TensorBoard's HPARAMS table besides HPARAM_METRICS (from the run summary).
-HPARAM_EXTRA = ["comm/bytes_up_total", "comm/bytes_down_total", "wall_s"]
-#: One CUSTOM SCALARS chart per metric, grouped by category.
-LAYOUT_METRICS = {
-    "eval": ["eval/acc", "eval/global_acc", "eval/loss", "eval/global_loss"],
-    "train": ["train/loss"],
-    "comm": ["comm/bytes_up_total", "comm/bytes_down_total", "comm/bytes_up", "comm/bytes_down"],
-    "time": ["time/elapsed_s", "time/round_s"],
-}
-
-
-def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
-    """TensorBoard's CUSTOM SCALARS layout: one chart per metric, every run on it.
-
-    A chart's regex matches one tag exactly, so the chart draws that tag for every run
-    in the run selector: the strategies (and seeds) of a sweep on the same axes.
-    Per-client accuracies share one chart per run group.
-    """
-    layout: dict[str, dict[str, list[Any]]] = {
-        f"fedsim {group}": {m: ["Multiline", [f"^{re.escape(m)}$"]] for m in metrics}
-        for group, metrics in LAYOUT_METRICS.items()
-    }
-    layout["fedsim clients"] = {"eval/acc_client/*": ["Multiline", ["^eval/acc_client/"]]}
-    return layout
-
-
-def tag_hparams(tag: str) -> dict[str, float | str]:
-    """The swept keys of a multirun (``cfg.tag``: ``key=value,key=value``) as hparams.
-
-    Numbers become floats so that TensorBoard's HPARAMS tab can sort and plot them.
-    """
-    out: dict[str, float | str] = {}
-    key = ""
-    for part in tag.split(",") if tag else []:
-        if "=" not in part and key:  # a comma inside a value: glue it back
-            out[key] = f"{out[key]},{part}"
-            continue
-        key, _, value = part.partition("=")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def run_dir_for(cfg: RunConfig) -> Path:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.tb_layout import mark_shown, shown_hparams
+
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run.json"
@@ -134,7 +136,8 @@ class TensorBoardCallback(Callback):
             if image is not None:
                 self.writer.add_image("partition", np.asarray(image), 0, dataformats="HWC")
             exp, ssi, _ = hparams(self.hparams, {k: 0.0 for k in info.get("hparam_metrics", [])})
-            self.writer.file_writer.add_summary(exp)
+            shown = shown_hparams(self.hparams, str(info.get("config", {}).get("tag") or ""))
+            self.writer.file_writer.add_summary(mark_shown(exp, shown))
             self.writer.file_writer.add_summary(ssi)
             layout = info.get("layout")
             if layout:

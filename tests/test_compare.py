@@ -22,6 +22,7 @@ from PIL import Image
 from fedsim.cli import main as cli_main
 from fedsim.compare import compare, mean_std, read_runs, safe_name
 from fedsim.errors import UserError
+from fedsim.stats import paired_test, t_interval
 
 BYTES_PER_ROUND = 100.0  # each way, every round
 
@@ -92,8 +93,14 @@ def test_final_best_and_to_target_numbers(tmp_path: Path) -> None:
 
     # the markdown table and the CSV say the same
     md = (tmp_path / "compare" / "summary.md").read_text()
-    assert "| fedavg | 2 | 0.8750 ± 0.0354 | 0.9000 ± 0.0000 | 2.5 ± 0.7 | 0.0 ± 0.0 |" in md
-    assert "| fedprox | 2 | 0.6000 ± 0.1414 | 0.7800 ± 0.1131 | 2.0 (1/2) |" in md
+    # 95% CI: mean ± t(0.975, 1) * std / sqrt(2), t(0.975, 1) = 12.706
+    assert (
+        "| fedavg | 2 | 0.8750 ± 0.0354 | [0.5573, 1.1927] | 0.9000 ± 0.0000 | 2.5 ± 0.7 | "
+        "0.0 ± 0.0 |" in md
+    )
+    assert (
+        "| fedprox | 2 | 0.6000 ± 0.1414 | [-0.6706, 1.8706] | 0.7800 ± 0.1131 | 2.0 (1/2) |" in md
+    )
     assert "ddof=1" in md and "`comm/bytes_up_total` + `comm/bytes_down_total`" in md
     rows = read_csv(tmp_path / "compare" / "summary.csv")
     assert float(rows["fedavg"]["eval/acc_final_mean"]) == pytest.approx(0.875)
@@ -124,7 +131,7 @@ def test_default_target_and_bytes_modes(tmp_path: Path) -> None:
     assert up.cells["fedavg"]["bytes_to_target"][0] == 200.0
     # a single seed: no std, no "±"
     assert (
-        "| fedavg | 1 | 0.9500 | 0.9500 | 2.0 | 0.0 |"
+        "| fedavg | 1 | 0.9500 | — | 0.9500 | 2.0 | 0.0 |"
         in (tmp_path / "compare" / "summary.md").read_text()
     )
 
@@ -282,7 +289,7 @@ def test_cli_prints_table_and_writes_files(tmp_path: Path, capsys) -> None:  # t
 
     assert rc == rc_out == 0
     printed = capsys.readouterr().out
-    assert "| fedavg | 1 | 0.9500 |" in printed
+    assert "| fedavg | 1 | 0.9500 | — |" in printed
     assert {p.name for p in out.iterdir()} == {
         "summary.md",
         "summary.csv",
@@ -299,6 +306,10 @@ def test_cli_prints_table_and_writes_files(tmp_path: Path, capsys) -> None:  # t
         (["{runs}", "--metric", "eval/nope"], "available: comm/bytes_down_total, comm/"),
         (["{runs}", "--target", "high"], "argument --target: invalid float value: 'high'"),
         (["{runs}", "--bytes", "sideways"], "argument --bytes: invalid choice"),
+        (
+            ["{runs}", "--baseline", "scaffold"],
+            "--baseline 'scaffold' is no group (allowed: fedavg)",
+        ),
         ([], "the following arguments are required: experiment_dir"),
     ],
 )
@@ -336,3 +347,93 @@ def test_statistics_match_the_standard_library(tmp_path: Path) -> None:
 
     assert cells["eval/acc_final"][0] == pytest.approx(statistics.mean(finals))
     assert cells["eval/acc_final"][1] == pytest.approx(statistics.stdev(finals))
+
+
+# ------------------------------------------------------------------ intervals and paired tests
+
+
+def test_t_interval_of_one_two_three() -> None:
+    # mean 2, std 1, n 3: half-width t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051 = 2.484138
+    low, high = t_interval([1.0, 2.0, 3.0])
+    assert (low, high) == (
+        pytest.approx(2 - 2.484138, abs=1e-6),
+        pytest.approx(2 + 2.484138, abs=1e-6),
+    )
+    assert all(math.isnan(x) for x in t_interval([5.0]))
+
+
+def test_paired_test_on_hand_checkable_differences() -> None:
+    base = [0.5, 0.6, 0.7, 0.8]
+    # differences 0.04, 0.01, 0.02, 0.03: mean 0.025, std sqrt(0.0005 / 3), t = sqrt(15)
+    up = paired_test([0.54, 0.61, 0.72, 0.83], base)
+    # differences 0.04, -0.01, 0.02, 0.03: signed ranks +4, -1, +3, +2
+    mixed = paired_test([0.54, 0.59, 0.72, 0.83], base)
+
+    assert up.n == 4 and up.mean_diff == pytest.approx(0.025)
+    assert up.t_p == pytest.approx(0.0304663, rel=1e-4)  # 2 * P(T_3 > sqrt(15))
+    assert up.wilcoxon_p == pytest.approx(2 / 16)  # all four of one sign: exact 2 / 2^4
+    assert up.min_wilcoxon_p == pytest.approx(0.125)
+    half = 3.182446 * math.sqrt(0.0005 / 3) / 2  # t(0.975, 3) * std / sqrt(4)
+    assert (up.ci_low, up.ci_high) == (pytest.approx(0.025 - half), pytest.approx(0.025 + half))
+    assert mixed.wilcoxon_p == pytest.approx(2 * 2 / 16)  # W- = 1: P(W <= 1) = 2/16
+
+
+def test_paired_test_drops_unfinished_pairs_and_says_when_it_does_not_apply() -> None:
+    one = paired_test([0.5, math.nan], [0.4, 0.3])
+    same = paired_test([0.5, 0.6], [0.5, 0.6])
+
+    assert one.n == 1 and one.mean_diff == pytest.approx(0.1) and math.isnan(one.t_p)
+    assert same.n == 2 and math.isnan(same.t_p) and math.isnan(same.wilcoxon_p)
+    with pytest.raises(ValueError, match="3 values against 2"):
+        paired_test([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_compare_pairs_seeds_against_the_baseline(tmp_path: Path) -> None:
+    base = [0.5, 0.6, 0.7, 0.8]
+    for seed, (b, p) in enumerate(zip(base, [0.54, 0.61, 0.72, 0.83], strict=True)):
+        write_run(tmp_path, "fedavg", seed, [0.1, b])
+        write_run(tmp_path, "fedprox", seed, [0.1, p])
+    write_run(tmp_path, "fedprox", 9, [0.1, 0.99])  # no fedavg seed 9: not a pair
+
+    result = compare(tmp_path, "eval/acc")  # fedavg is the default baseline
+
+    assert result.baseline == "fedavg"
+    test = result.tests["fedprox"]
+    assert test.n == 4 and test.t_p == pytest.approx(0.0304663, rel=1e-4)
+    md = (tmp_path / "compare" / "summary.md").read_text()
+    assert "## Paired tests against `fedavg`" in md
+    assert "| fedprox | 4 | +0.0250 | [+0.0045, +0.0455] | 0.030 | 0.125 |" in md
+    assert "paired t-test (Student; `scipy.stats.ttest_rel`)" in md
+    assert "Wilcoxon signed-rank test (`scipy.stats.wilcoxon`" in md
+    assert "(0.125 for n = 4)" in md
+    row = read_csv(tmp_path / "compare" / "summary.csv")["fedprox"]
+    assert row["baseline"] == "fedavg" and row["pairs"] == "4"
+    assert float(row["wilcoxon_p"]) == pytest.approx(0.125)
+
+
+def test_a_seed_with_another_partition_is_not_paired(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for strategy, acc in (("fedavg", 0.5), ("fedprox", 0.6)):
+            run_dir = write_run(tmp_path, strategy, seed, [acc + seed / 10])
+            text = "clients 0-1" if (strategy, seed) != ("fedprox", 1) else "other clients"
+            (run_dir / "partition.txt").write_text(text)
+
+    result = compare(tmp_path, "eval/acc", baseline="fedavg")
+
+    assert result.tests["fedprox"].n == 1
+    assert any("`fedprox` seed 1 is not paired" in note for note in result.unpaired)
+
+
+def test_baseline_choice(tmp_path: Path) -> None:
+    write_run(tmp_path, "fedprox", 0, [0.5])
+    write_run(tmp_path, "fedbn/lr=0.05", 0, [0.6])
+    write_run(tmp_path, "fedbn/lr=0.1", 0, [0.6])
+
+    assert compare(tmp_path).baseline is None  # no fedavg: no paired tests
+    assert "None: no baseline" in (tmp_path / "compare" / "summary.md").read_text()
+    assert compare(tmp_path, baseline="fedprox").baseline == "fedprox"
+    assert compare(tmp_path, baseline="fedbn/lr=0.1").baseline == "fedbn/lr=0.1"
+    with pytest.raises(
+        UserError, match=r"matches 2 groups; name one of: fedbn/lr=0\.05, fedbn/lr=0\.1"
+    ):
+        compare(tmp_path, baseline="fedbn")

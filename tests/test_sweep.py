@@ -75,6 +75,16 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def dashboard_columns(experiment_info: Any) -> list[str]:
+    """The hparams columns TensorBoard's HPARAMS tab shows by default: its backend's
+    ordering (``differs`` first, then by name), then the page's first five."""
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    copy = type(experiment_info).FromString(experiment_info.SerializeToString())
+    _sort_and_reduce_to_hparams_limit(copy)
+    return [h.name for h in copy.hparam_infos][:5]
+
+
 def run_dirs(experiment: Path) -> dict[tuple[str, int], Path]:
     return {(s, seed): experiment / s / f"seed-{seed}" for s in STRATEGIES for seed in SEEDS}
 
@@ -126,11 +136,15 @@ def test_event_files_hold_scalars_hparams_layout_and_pictures(experiment: Path) 
         ).experiment
         metric_tags = {m.name.tag for m in experiment_info.metric_infos}
         assert {"hparams/eval/acc", "hparams/comm/bytes_up_total"} <= metric_tags
+        # the HPARAMS tab ticks its first five columns: strategy must be one of them
+        assert "strategy" in dashboard_columns(experiment_info)
 
         # the custom-scalars layout: one chart per metric whose regex matches that tag
         (layout_event,) = acc.Tensors("custom_scalars__config__")
         layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
         charts = {c.title: c for cat in layout.category for c in cat.chart}
+        assert layout.category[0].title == "fedsim eval"
+        assert layout.category[0].chart[0].title == "eval/acc"
         for metric in ["eval/acc", "train/loss", "comm/bytes_up_total", "time/elapsed_s"]:
             (regex,) = charts[metric].multiline.tag
             assert [t for t in scalars if re.search(regex, t)] == [metric]
@@ -201,6 +215,19 @@ def test_compare_table_matches_metrics_jsonl_and_plots_render_headless(
         assert f"| {strategy} | 2 | {cell} |" in md
     assert "None: every run is complete." in md
     assert "All runs share the same settings" in md
+    # the paired test against fedavg is scipy's on the per-seed finals of the same seeds
+    from scipy.stats import ttest_rel
+
+    avg, prox = (
+        [rows(experiment / s / f"seed-{k}")[-1]["eval/acc"] for k in SEEDS] for s in STRATEGIES
+    )
+    assert table["fedprox"]["baseline"] == "fedavg" and table["fedprox"]["pairs"] == "2"
+    assert float(table["fedprox"]["mean_diff"]) == pytest.approx(
+        statistics.mean(prox) - statistics.mean(avg)
+    )
+    expected = ttest_rel(prox, avg).pvalue
+    if np.isfinite(expected):
+        assert float(table["fedprox"]["paired_t_p"]) == pytest.approx(expected)
     for name in ("eval_acc_vs_round.png", "eval_acc_vs_bytes.png"):
         pixels = np.asarray(Image.open(out / name).convert("RGB"), dtype=np.float64)
         assert pixels.shape[0] > 300 and pixels.shape[1] > 400
@@ -246,9 +273,73 @@ def test_swept_hyper_parameter_gets_its_own_folder_and_hparams_column(tmp_path: 
         hp["_hparams_/session_start_info"]
     ).session_start_info
     assert start.hparams["train.lr"].number_value == 0.05
+    experiment_info = plugin_data_pb2.HParamsPluginData.FromString(
+        hp["_hparams_/experiment"]
+    ).experiment
+    assert dashboard_columns(experiment_info)[:2] == ["strategy", "train.lr"]
 
     done = fedsim("compare", str(experiment))
     assert done.returncode == 0, done.stderr
     md = (experiment / "compare" / "summary.md").read_text()
     assert "| fedprox | train.lr=0.05 | 2 |" in md
+    assert "All runs share the same settings" in md
+
+
+def test_parallel_jobs_get_a_share_of_the_cores() -> None:
+    from types import SimpleNamespace
+
+    from fedsim.launchers import job_threads, parallel_jobs
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    basic = SimpleNamespace(_target_="hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+    assert parallel_jobs(basic, 8) == 1 and job_threads(basic, 8) is None
+    assert parallel_jobs(SimpleNamespace(_target_=joblib, n_jobs=-1), 8) == 8
+    assert parallel_jobs(SimpleNamespace(_target_=joblib, n_jobs=-2), 8) == 7
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=2), 8) == 4
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=3), 8) == 2
+    assert job_threads(SimpleNamespace(_target_=joblib, n_jobs=-1), 2) == 1
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_the_same_sweep_in_parallel_processes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher")
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+    experiment = sweep(tmp_path, *joblib, "backbone.width=0.5")
+
+    dirs = run_dirs(experiment)
+    for run_dir in dirs.values():
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    # 2 jobs at once: each ran in a worker process of its own (joblib's loky pool reuses
+    # two) with its share of the cores as torch threads
+    logs = [(d / "fedsim.log").read_text() for d in dirs.values()]
+    found = [re.search(r"process (\d+), (\d+) torch thread\(s\)", text) for text in logs]
+    assert all(found), logs
+    assert len({m.group(1) for m in found if m}) == 2
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert {int(m.group(2)) for m in found if m} == {share}
+    # the same sweep again skips every complete run, as with the default launcher
+    again = fedsim(
+        "run",
+        "-m",
+        *joblib,
+        f"strategy={','.join(STRATEGIES)}",
+        f"seed={','.join(map(str, SEEDS))}",
+        f"experiment={EXPERIMENT}",
+        f"rounds={ROUNDS}",
+        "scenario.num_clients=4",
+        "backbone=mlp",
+        "backbone.width=0.5",
+        "progress=false",
+        f"output_dir={tmp_path}",
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == len(dirs), again.stdout
+
+    done = fedsim("compare", str(experiment))
+    assert done.returncode == 0, done.stderr
+    md = (experiment / "compare" / "summary.md").read_text()
+    assert "| fedavg | 2 |" in md and "| fedprox | 2 |" in md
+    assert "## Paired tests against `fedavg`" in md
     assert "All runs share the same settings" in md
