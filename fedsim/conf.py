@@ -398,6 +398,9 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.runtime.workers >= 0, f"runtime.workers: must be >= 0, got {cfg.runtime.workers}")
     need(cfg.runtime.threads >= 0, f"runtime.threads: must be >= 0, got {cfg.runtime.threads}")
     need(cfg.runtime.timeout > 0, f"runtime.timeout: must be > 0, got {cfg.runtime.timeout}")
+    from fedsim.vectorize import check_config
+
+    check_config(cfg)
     from fedsim.channels import validate_channel
 
     for side in ("up", "down"):
