@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", default="plain,inline,vec,ray")
     ap.add_argument("extra", nargs="*", help="extra fedsim overrides for every contender")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {m: [] for m in modes}  # type: ignore[type-arg]
     for rep in range(args.repeats):

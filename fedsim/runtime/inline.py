@@ -37,14 +37,23 @@ CLIENT_ERROR = 1  # Error.code for an exception raised by the ClientApp
 TIMEOUT_ERROR = 2  # Error.code for a reply that missed the round deadline
 
 
-def _vectorize_mode(run_config: dict[str, Any]) -> str:
-    """``runtime.vectorize`` of the run (``off`` when the run config carries none)."""
+def _vectorize_mode(run_config: dict[str, Any]) -> tuple[str, int]:
+    """``runtime.vectorize`` and ``runtime.threads`` of the run (off, 0 when not given)."""
     from fedsim.app import CONFIG_KEY, OVERRIDES_KEY, config_from_run_config
 
     if CONFIG_KEY not in run_config and OVERRIDES_KEY not in run_config:
-        return "off"
+        return "off", 0
     cfg, _ = config_from_run_config(run_config)
-    return str(cfg.runtime.vectorize)
+    return str(cfg.runtime.vectorize), int(cfg.runtime.threads)
+
+
+def _set_threads(threads: int) -> None:
+    """``torch.set_num_threads`` in the calling thread (OpenMP's setting is per thread)."""
+    if threads > 0:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _is_train(msg: Message) -> bool:
@@ -63,7 +72,7 @@ class _Clients:
         self.run_id = run_id
         self.contexts: dict[int, Context] = {}
         self.client_seconds = 0.0
-        self.vectorize = _vectorize_mode(run_config)
+        self.vectorize, self.threads = _vectorize_mode(run_config)
         self._pool: ThreadPoolExecutor | None = None
         self._fallbacks_logged: set[str] = set()
 
@@ -126,12 +135,14 @@ class _Clients:
             self._pool = ThreadPoolExecutor(len(train), thread_name_prefix="fedsim-client")
 
         def handle(i: int) -> Message:
+            _set_threads(self.threads)
             with batcher.bind():
                 return self.execute(messages[i], timeout, reraise=(VectorizeError,))
 
         t0 = time.perf_counter()
         seconds = self.client_seconds
         futures = [(i, self._pool.submit(handle, i)) for i in train]
+        _set_threads(self.threads)
         batcher.serve(train_jobs)
         for i, fut in futures:
             replies[i] = fut.result()  # a VectorizeError (vectorize=on) ends the run
