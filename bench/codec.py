@@ -52,12 +52,21 @@ def main() -> None:
     assert all(flower[k].data == ours[k].data for k in arrays)  # same bytes on the wire
     other = {k: v + 1 if v.dtype.kind == "f" else v for k, v in arrays.items()}
     rows = [
-        ("serialise (Array(ndarray) vs to_array)", lambda: [Array(v) for v in arrays.values()],
-         lambda: [to_array(v) for v in arrays.values()]),
-        ("deserialise (Array.numpy() vs from_array)", lambda: [a.numpy() for a in flower.values()],
-         lambda: [from_array(a) for a in ours.values()]),
-        ("update-norm check (float64 vs float32)", lambda: norm_float64(other, arrays),
-         lambda: update_norm(other, arrays)),
+        (
+            "serialise (Array(ndarray) vs to_array)",
+            lambda: [Array(v) for v in arrays.values()],
+            lambda: [to_array(v) for v in arrays.values()],
+        ),
+        (
+            "deserialise (Array.numpy() vs from_array)",
+            lambda: [a.numpy() for a in flower.values()],
+            lambda: [from_array(a) for a in ours.values()],
+        ),
+        (
+            "update-norm check (float64 vs float32)",
+            lambda: norm_float64(other, arrays),
+            lambda: update_norm(other, arrays),
+        ),
     ]
     lines = [
         f"## codec — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

@@ -3,6 +3,10 @@
     python -m bench.compare_runtimes overhead --repeats 3   # digits CNN, 10 clients, 20 rounds
     python -m bench.compare_runtimes flute --repeats 3      # logreg on MNIST, 1000 clients, 100 rounds
 
+Contenders: ``plain`` (bench.plain_loop), ``inline`` (fedsim, clients one by one), ``vec``
+(fedsim with ``runtime.vectorize=auto``), ``ray`` (Flower's Ray engine).  Extra fedsim
+overrides (e.g. ``runtime.threads=1``) apply to every contender.
+
 Every measurement is a fresh process (``bench.run_one``); the script prints a markdown
 table of medians and appends it to ``bench/results/<job>.md`` with the machine and command.
 """
@@ -55,9 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("job", choices=["overhead", "flute"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--modes", default="plain,inline,ray")
+    ap.add_argument("--modes", default="plain,inline,vec,ray")
     ap.add_argument("extra", nargs="*", help="extra fedsim overrides for every contender")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {m: [] for m in modes}  # type: ignore[type-arg]
     for rep in range(args.repeats):
@@ -92,6 +96,7 @@ def main() -> None:
     names = {
         "plain": "plain PyTorch loop",
         "inline": "fedsim runtime=inline",
+        "vec": "fedsim runtime=inline runtime.vectorize=auto",
         "ray": "Flower Ray engine (fedsim runtime=ray)",
     }
     for m in modes:

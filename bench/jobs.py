@@ -27,4 +27,6 @@ JOBS: dict[str, list[str]] = {
         "train.batch_size=10",
         "train.lr=0.05",
     ],
+    # everything from the command line (bench.gpu builds its own scenario)
+    "custom": [],
 }

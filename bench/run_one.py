@@ -1,6 +1,8 @@
 """Run one benchmark measurement in a fresh process and print one JSON line.
 
-    python -m bench.run_one <job> <inline|ray|plain> [override ...]
+    python -m bench.run_one <job> <plain|inline|vec|ray> [override ...]
+
+``vec`` is ``runtime=inline runtime.vectorize=auto`` (the round's clients train together).
 
 ``wall_s`` is the whole process from interpreter start (imports, data, Ray start-up,
 training, final evaluation); ``loop_s`` is the round loop alone.
@@ -35,7 +37,10 @@ def main() -> None:
         from fedsim.runner import execute
 
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-        cfg = compose([*overrides, f"runtime={mode}"])
+        runtime = (
+            ["runtime=inline", "runtime.vectorize=auto"] if mode == "vec" else [f"runtime={mode}"]
+        )
+        cfg = compose([*runtime, *overrides])
         record = execute(cfg)
         final = record["final"]
         result.update(

@@ -1,6 +1,6 @@
-"""Scale: 1,000 / 10,000 / 100,000 registered clients at 100 per round.
+"""Scale: 1,000 ... 1,000,000 registered clients at 100 per round.
 
-    python -m bench.scale --clients 1000,10000,100000 --rounds 5
+    python -m bench.scale --clients 1000,100000,1000000 --rounds 5 runtime.threads=1
 
 Each size runs in a fresh process on a synthetic 8x8 dataset with 2 samples per client
 (orchestration is what is measured: the data content is irrelevant), logistic
@@ -24,7 +24,7 @@ CHILD = r'''
 import json, resource, sys, tempfile
 from pathlib import Path
 import numpy as np
-n, rounds, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+n, rounds, out, extra = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 rng = np.random.default_rng(0)
 data = Path(out) / "synthetic.npz"
 np.savez(data, x=rng.integers(0, 256, (2 * n + 1000, 8, 8), dtype=np.uint8), y=rng.integers(0, 10, 2 * n + 1000))
@@ -41,7 +41,7 @@ evaluation: {{holdout_fraction: 0.0, fraction: 0.0, global_test: false}}
 from fedsim.conf import compose
 from fedsim.federation import load_federation
 cfg = compose([f"scenario={scn}", "backbone=logreg", f"rounds={rounds}", "train.batch_size=2",
-               f"output_dir={out}/runs", "progress=false", f"eval_every={rounds}"])
+               f"output_dir={out}/runs", "progress=false", f"eval_every={rounds}", *extra])
 load_federation(cfg.scenario, cfg.seed)
 rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from fedsim.runner import execute
@@ -58,14 +58,15 @@ def main() -> None:
     ap.add_argument("--clients", default="1000,10000,100000")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("extra", nargs="*", help="fedsim overrides, e.g. runtime.threads=1")
+    args = ap.parse_intermixed_args()
     rows = []
     for n in [int(c) for c in args.clients.split(",")]:
         reps = []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as out:
                 res = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(n), str(args.rounds), out],
+                    [sys.executable, "-c", CHILD, str(n), str(args.rounds), out, *args.extra],
                     capture_output=True,
                     text=True,
                     cwd=HERE.parent,
@@ -88,7 +89,7 @@ def main() -> None:
         f"## scale — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"Machine: {machine()}.  Command: `python -m bench.scale --clients {args.clients} --rounds {args.rounds} "
-        f"--repeats {args.repeats}`.  Medians of {args.repeats} fresh processes; time per round = median of rounds 2..{args.rounds}.",
+        f"--repeats {args.repeats}{''.join(' ' + e for e in args.extra)}`.  Medians of {args.repeats} fresh processes; time per round = median of rounds 2..{args.rounds}.",
         "",
         "| registered clients | per round | time per round (ms) | peak RSS (MiB) | RSS after data (MiB) | peak − data (MiB) |",
         "|---|---|---|---|---|---|",

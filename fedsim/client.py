@@ -35,6 +35,7 @@ from fedsim.records import (
 )
 from fedsim.seeding import torch_generator
 from fedsim.training import TrainHooks, TrainStats, evaluate_model, make_optimizer, train_local
+from fedsim.vectorize import declarative, released_while_waiting
 
 LOCAL_KEY = "fedsim.local"
 OPTIM_KEY = "fedsim.optim"
@@ -117,8 +118,12 @@ class Client:
         """State-dict keys that stay on the client (none for FedAvg)."""
         return set()
 
+    @declarative
     def hooks(self, ins: TrainIns) -> TrainHooks:
-        """Additions to the local objective for this round (none for FedAvg)."""
+        """Additions to the local objective for this round (none for FedAvg).
+
+        A subclass whose hooks are declarative (no closures) marks its override with
+        ``@fedsim.vectorize.declarative`` so that ``runtime.vectorize=on`` accepts it."""
         return TrainHooks()
 
     def after_fit(self, ins: TrainIns, stats: TrainStats) -> dict[str, ArrayRecord]:
@@ -177,7 +182,7 @@ class Client:
         x, y = data.x, data.y
         if data.labeled is not None:  # open world: a supervised client has only its labels
             x, y = x[data.labeled], y[data.labeled]
-        with self.env.lock:
+        with self.env.lock, released_while_waiting(self.env.lock):
             self.load(ins.arrays)
             opt = self.optimizer()
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)

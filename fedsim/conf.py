@@ -400,6 +400,9 @@ def validate(cfg: RunConfig) -> None:
 
     bad_runtime = validate_runtime(cfg.runtime)
     need(bad_runtime is None, bad_runtime or "")
+    from fedsim.vectorize import check_config
+
+    check_config(cfg)
     from fedsim.channels import validate_channel
 
     for side in ("up", "down"):

@@ -226,6 +226,9 @@ class RuntimeConfig:
     client_gpus: float = 0.0  # ray: fraction of a GPU per ClientApp
     timeout: float = 3600.0  # seconds the server waits for replies in a round
     wait_nodes: float = 60.0  # deployment: seconds to wait at start for all clients' nodes
+    # inline: train a round's clients together, many per batched step (fedsim.vectorize):
+    # off | auto (when possible, else one by one, said once in the log) | on (refuse if not)
+    vectorize: str = "off"
 
 
 @dataclass

@@ -183,7 +183,9 @@ class ParticipationSampler:
     Notes
     -----
     ``plan`` costs O(num_clients) vectorised work when availability is random and
-    O(selected) otherwise; it keeps no state between calls.
+    O(selected) otherwise (every client available: ``available`` is one read-only
+    ``arange`` built once and shared by every plan, and the selection draws indices
+    without materialising a population); it keeps no state between calls.
     """
 
     def __init__(self, cfg: ParticipationConfig, num_clients: int, seed: int) -> None:
@@ -201,6 +203,7 @@ class ParticipationSampler:
             )
             slow[pick] = True
         self._slow = _frozen(slow)
+        self._everyone: IdArray | None = None  # arange(num_clients), built on first use
         self._phase: npt.NDArray[np.float64] | None = None
         if cfg.diurnal_period > 0 and cfg.availability < 1:
             phase_rng = np.random.default_rng([seed, _PHASE])
@@ -235,8 +238,11 @@ class ParticipationSampler:
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
         cfg = self.cfg
-        if cfg.availability >= 1:
-            available = np.arange(self.num_clients, dtype=np.int64)
+        everyone = cfg.availability >= 1
+        if everyone:
+            if self._everyone is None:
+                self._everyone = _frozen(np.arange(self.num_clients, dtype=np.int64))
+            available = self._everyone
         else:
             draw = self._rng(round, _AVAILABLE).random(self.num_clients)
             available = np.flatnonzero(draw < self.availability(round)).astype(np.int64)
@@ -245,7 +251,9 @@ class ParticipationSampler:
         if n_sel == available.size:
             selected = available.copy()
         else:
-            selected = np.sort(self._rng(round, _SELECT).choice(available, n_sel, replace=False))
+            # choice(n, k) draws the same indices as choice(arange(n), k), in O(k)
+            pop: IdArray | int = available.size if everyone else available
+            selected = np.sort(self._rng(round, _SELECT).choice(pop, n_sel, replace=False))
 
         if cfg.dropout > 0:
             gone = self._rng(round, _DROPOUT).random(n_sel) < cfg.dropout

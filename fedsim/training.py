@@ -1,7 +1,9 @@
 """The one local-training loop every client shares.
 
 Algorithms plug in through :class:`TrainHooks` (an extra loss term, work after each
-optimiser step) instead of pasting a loop of their own.
+optimiser step) instead of pasting a loop of their own.  Declarative hooks (FedProx's
+proximal term: ``prox_mu`` and ``prox_ref``) are also understood by the vectorised loop
+(``runtime.vectorize``, :mod:`fedsim.vectorize`); closures make a client train alone.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,19 @@ class TrainHooks:
     extra_loss: ExtraLoss | None = None  # (model, x, y, logits) -> scalar added to the CE loss
     after_step: Callable[[nn.Module], None] | None = None
     loss: BatchLoss | None = None  # replaces the cross-entropy objective when set
+    # declarative proximal term (FedProx): + (prox_mu / 2) * sum ||w - w_ref||^2 over the
+    # trainable parameters, ``prox_ref`` in ``model.parameters()`` order (requires_grad only)
+    prox_mu: float = 0.0
+    prox_ref: list[torch.Tensor] | None = None
+
+
+def proximal_term(model: nn.Module, ref: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """``(mu / 2) * sum ||w - w_ref||^2`` over the trainable parameters (Li et al., MLSys
+    2020, arXiv 1812.06127)."""
+    total = torch.zeros((), device=ref[0].device if ref else None)
+    for p, p0 in zip((p for p in model.parameters() if p.requires_grad), ref, strict=True):
+        total = total + (p - p0).pow(2).sum()
+    return 0.5 * mu * total
 
 
 @dataclass
@@ -100,17 +116,83 @@ def train_local(
     precision: str = "fp32",
     hooks: TrainHooks | None = None,
 ) -> TrainStats:
-    """Run local SGD on ``(x, y)`` in place on ``model``; returns mean loss and counts."""
+    """Run local SGD on ``(x, y)`` in place on ``model``; returns mean loss and counts.
+
+    Under a vectorised round (:func:`fedsim.vectorize.current`) the training is submitted
+    to the round's batched loop instead, with the same batches, and its result written
+    back into ``model`` and ``optimizer``.
+    """
+    from fedsim import vectorize
+
     hooks = hooks or TrainHooks()
+    plan = batches(len(y), cfg.batch_size, cfg.local_epochs, cfg.local_steps, gen)
+    batcher = vectorize.current()
+    if batcher is not None and plan:
+        stats = _train_batched(batcher, model, x, y, optimizer, plan, device, precision, hooks)
+        if stats is not None:
+            return stats
+    return _train_sequential(model, x, y, optimizer, plan, device, precision, hooks)
+
+
+def _train_batched(
+    batcher: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    plan: list[torch.Tensor],
+    device: torch.device,
+    precision: str,
+    hooks: TrainHooks,
+) -> TrainStats | None:
+    """Submit to the round's batched loop; None: train sequentially (``auto`` fallback)."""
+    from fedsim import vectorize, vmap_train
+
+    reason = vmap_train.blocker(model, optimizer, hooks)
+    if reason is not None:
+        vectorize.note_fallback(batcher, reason)
+        return None
+    job = vmap_train.make_job(model, optimizer, x, y, plan, device, precision, hooks)
+    lock = job.lock = vectorize.held_lock()
+    if lock is not None:
+        lock.release()  # the other clients of the round load their state meanwhile
+    try:
+        batcher.submit(job)
+    finally:
+        if lock is not None:
+            lock.acquire()
+    if job.error is not None:
+        vectorize.note_fallback(batcher, f"the batched step failed: {job.error}")
+        with torch.no_grad():  # back to the state the job started from
+            named = dict(model.named_parameters())
+            for k, v in job.params.items():
+                named[k].copy_(v)
+            for k, b in model.named_buffers():
+                b.copy_(job.buffers[k])
+        return None
+    return vmap_train.write_back(job)
+
+
+def _train_sequential(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    plan: list[torch.Tensor],
+    device: torch.device,
+    precision: str,
+    hooks: TrainHooks,
+) -> TrainStats:
     model.train()
     non_blocking = device.type == "cuda"
-    if non_blocking and not x.is_pinned():
-        x, y = x.pin_memory(), y.pin_memory()
+    if device.type == "cuda" and x.device != device:
+        # the client's data go to the device once, not batch by batch
+        x, y = x.to(device, non_blocking=False), y.to(device, non_blocking=False)
     total, steps, seen = 0.0, 0, 0
     channels_last = uses_channels_last(model)
-    for idx in batches(len(y), cfg.batch_size, cfg.local_epochs, cfg.local_steps, gen):
-        xb = x[idx].to(device, non_blocking=non_blocking)
-        yb = y[idx].to(device, non_blocking=non_blocking)
+    for idx in plan:
+        xb = x[idx.to(x.device)].to(device, non_blocking=non_blocking)
+        yb = y[idx.to(y.device)].to(device, non_blocking=non_blocking)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -122,6 +204,9 @@ def train_local(
                 loss = F.cross_entropy(logits, yb)
                 if hooks.extra_loss is not None:
                     loss = loss + hooks.extra_loss(model, xb, yb, logits)
+        if hooks.prox_mu:
+            assert hooks.prox_ref is not None, "TrainHooks.prox_mu needs prox_ref"
+            loss = loss + proximal_term(model, hooks.prox_ref, hooks.prox_mu)
         loss.backward()
         optimizer.step()
         if hooks.after_step is not None:

@@ -20,9 +20,10 @@ import logging
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
@@ -34,6 +35,29 @@ log = logging.getLogger(__name__)
 NODE_BASE = 1000  # node id = NODE_BASE + partition id (Flower reserves 1 for the SuperLink)
 CLIENT_ERROR = 1  # Error.code for an exception raised by the ClientApp
 TIMEOUT_ERROR = 2  # Error.code for a reply that missed the round deadline
+
+
+def _vectorize_mode(run_config: dict[str, Any]) -> tuple[str, int]:
+    """``runtime.vectorize`` and ``runtime.threads`` of the run (off, 0 when not given)."""
+    from fedsim.app import CONFIG_KEY, OVERRIDES_KEY, config_from_run_config
+
+    if CONFIG_KEY not in run_config and OVERRIDES_KEY not in run_config:
+        return "off", 0
+    cfg, _ = config_from_run_config(run_config)
+    return str(cfg.runtime.vectorize), int(cfg.runtime.threads)
+
+
+def _set_threads(threads: int) -> None:
+    """``torch.set_num_threads`` in the calling thread (OpenMP's setting is per thread)."""
+    if threads > 0:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _is_train(msg: Message) -> bool:
+    return msg.metadata.message_type.split(".")[0] == MessageType.TRAIN
 
 
 class _Clients:
@@ -48,6 +72,9 @@ class _Clients:
         self.run_id = run_id
         self.contexts: dict[int, Context] = {}
         self.client_seconds = 0.0
+        self.vectorize, self.threads = _vectorize_mode(run_config)
+        self._pool: ThreadPoolExecutor | None = None
+        self._fallbacks_logged: set[str] = set()
 
     def context(self, node_id: int) -> Context:
         ctx = self.contexts.get(node_id)
@@ -65,11 +92,15 @@ class _Clients:
             self.contexts[node_id] = ctx
         return ctx
 
-    def execute(self, msg: Message, timeout: float | None) -> Message:
+    def execute(
+        self, msg: Message, timeout: float | None, reraise: tuple[type[Exception], ...] = ()
+    ) -> Message:
         t0 = time.perf_counter()
         node = msg.metadata.dst_node_id
         try:
             reply = self.client_app(msg, self.context(node))
+        except reraise:
+            raise
         except Exception as e:  # a failing client must not kill the run
             log.warning("client on node %d raised %s: %s", node, type(e).__name__, e)
             reason = f"{type(e).__name__}: {e}"
@@ -85,6 +116,47 @@ class _Clients:
             reply = Message(Error(code=TIMEOUT_ERROR, reason=reason), reply_to=msg)
         reply.metadata.__dict__["_message_id"] = f"r{msg.metadata.message_id}"
         return reply
+
+    def execute_many(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Replies to ``messages``, in order.  With ``runtime.vectorize`` on or auto, a
+        round's TRAIN messages run in one thread each around a shared
+        :class:`fedsim.vectorize.RoundBatcher`, which trains their clients together."""
+        train = [i for i, m in enumerate(messages) if _is_train(m)]
+        if self.vectorize == "off" or len(train) < 2:
+            return [self.execute(m, timeout) for m in messages]
+        from fedsim.vectorize import RoundBatcher, VectorizeError
+        from fedsim.vmap_train import train_jobs
+
+        replies: list[Message | None] = [None] * len(messages)
+        batcher = RoundBatcher(self.vectorize, len(train), self._fallbacks_logged)
+        if self._pool is None or self._pool._max_workers < len(train):
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = ThreadPoolExecutor(len(train), thread_name_prefix="fedsim-client")
+
+        def handle(i: int) -> Message:
+            _set_threads(self.threads)
+            with batcher.bind():
+                return self.execute(messages[i], timeout, reraise=(VectorizeError,))
+
+        t0 = time.perf_counter()
+        seconds = self.client_seconds
+        futures = [(i, self._pool.submit(handle, i)) for i in train]
+        _set_threads(self.threads)
+        batcher.serve(train_jobs)
+        for i, fut in futures:
+            replies[i] = fut.result()  # a VectorizeError (vectorize=on) ends the run
+        # threads overlap: count the round's wall time once, not every client's wait
+        self.client_seconds = seconds + time.perf_counter() - t0
+        for i, m in enumerate(messages):
+            if replies[i] is None:
+                replies[i] = self.execute(m, timeout)
+        return [r for r in replies if r is not None]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def states(self) -> dict[int, RecordDict]:
         return {
@@ -111,13 +183,14 @@ def _worker_main(
         cmd, payload = conn.recv()
         if cmd == "run":
             messages, timeout = payload
-            conn.send([clients.execute(m, timeout) for m in messages])
+            conn.send(clients.execute_many(messages, timeout))
         elif cmd == "states":
             conn.send(clients.states())
         elif cmd == "restore":
             clients.restore(payload)
             conn.send(None)
         else:  # "stop"
+            clients.close()
             conn.send(clients.client_seconds)
             return
 
@@ -195,8 +268,8 @@ class InlineGrid(Grid):
             msg.metadata.__dict__["_message_id"] = msg_id
             ids.append(msg_id)
         if not self._pipes:
-            for msg, msg_id in zip(batch, ids, strict=True):
-                self._replies[msg_id] = self._local.execute(msg, timeout)
+            for msg_id, reply in zip(ids, self._local.execute_many(batch, timeout), strict=True):
+                self._replies[msg_id] = reply
             return ids
         per_worker: list[list[tuple[str, Message]]] = [[] for _ in self._pipes]
         for msg, msg_id in zip(batch, ids, strict=True):
@@ -248,6 +321,7 @@ class InlineGrid(Grid):
 
     def close(self) -> None:
         """Stop the worker processes (by message, then by PID if they do not exit)."""
+        self._local.close()
         for pipe in self._pipes:
             try:
                 pipe.send(("stop", None))
