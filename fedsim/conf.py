@@ -396,7 +396,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.runtime.workers >= 0, f"runtime.workers: must be >= 0, got {cfg.runtime.workers}")
     need(cfg.runtime.threads >= 0, f"runtime.threads: must be >= 0, got {cfg.runtime.threads}")
     need(cfg.runtime.timeout > 0, f"runtime.timeout: must be > 0, got {cfg.runtime.timeout}")
-    from fedsim.runtime.ray import validate_runtime
+    from fedsim.runtime_checks import validate_runtime
 
     bad_runtime = validate_runtime(cfg.runtime)
     need(bad_runtime is None, bad_runtime or "")

@@ -8,9 +8,6 @@ proximal term: ``prox_mu`` and ``prox_ref``) are also understood by the vectoris
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,40 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.config import TrainConfig
+from fedsim.hooks import BatchLoss, ExtraLoss, TrainHooks, TrainStats, autocast, proximal_term
 
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: (model, x, y) -> scalar that replaces ``CE(model(x), y)`` (semi-supervised objectives
-#: whose ``y`` marks hidden labels, e.g. FedoSSL); ``extra_loss`` is then not called.
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class TrainHooks:
-    """Optional additions to the local objective and loop."""
-
-    extra_loss: ExtraLoss | None = None  # (model, x, y, logits) -> scalar added to the CE loss
-    after_step: Callable[[nn.Module], None] | None = None
-    loss: BatchLoss | None = None  # replaces the cross-entropy objective when set
-    # declarative proximal term (FedProx): + (prox_mu / 2) * sum ||w - w_ref||^2 over the
-    # trainable parameters, ``prox_ref`` in ``model.parameters()`` order (requires_grad only)
-    prox_mu: float = 0.0
-    prox_ref: list[torch.Tensor] | None = None
-
-
-def proximal_term(model: nn.Module, ref: list[torch.Tensor], mu: float) -> torch.Tensor:
-    """``(mu / 2) * sum ||w - w_ref||^2`` over the trainable parameters (Li et al., MLSys
-    2020, arXiv 1812.06127)."""
-    total = torch.zeros((), device=ref[0].device if ref else None)
-    for p, p0 in zip((p for p in model.parameters() if p.requires_grad), ref, strict=True):
-        total = total + (p - p0).pow(2).sum()
-    return 0.5 * mu * total
-
-
-@dataclass
-class TrainStats:
-    loss: float
-    steps: int
-    examples: int
+__all__ = [
+    "BatchLoss",
+    "ExtraLoss",
+    "TrainHooks",
+    "TrainStats",
+    "autocast",
+    "batches",
+    "evaluate_model",
+    "make_optimizer",
+    "proximal_term",
+    "train_local",
+]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -63,13 +40,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer}")  # validated at config load
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast on CUDA when asked; a no-op elsewhere."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def uses_channels_last(model: nn.Module) -> bool:

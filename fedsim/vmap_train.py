@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedsim.training import TrainHooks, TrainStats, autocast
+from fedsim.hooks import TrainHooks, TrainStats, autocast
 
 
 @dataclass
