@@ -274,6 +274,16 @@ def _start_superlink(c: Cluster, certs: Path, port: int, *extra: str, **kw: Any)
         [*FEDSIM, "superlink", "--certs", str(certs), "--port", str(port), *extra],
         **kw,
     )
+    if not kw.get("prefix"):  # on a loaded machine the SuperLink takes a while to listen
+        wait_for(lambda: _listening(port), 120, f"the SuperLink to listen on port {port}")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _start_node(
