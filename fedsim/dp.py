@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 
 from fedsim.config import DPConfig, RunConfig
 from fedsim.errors import ConfigError
@@ -76,6 +76,8 @@ def dp_mod(config_of: Callable[[Context], RunConfig]) -> Any:
 
     def mod(msg: Message, context: Context, call_next: Callable[..., Message]) -> Message:
         kind = config_of(context).dp.kind
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)  # Flower's clipping mods act on training only
         if kind == "client_fixed":
             return fixedclipping_mod(msg, context, call_next)
         if kind == "client_adaptive":

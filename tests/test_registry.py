@@ -107,3 +107,22 @@ def test_scaffold_against_fedavg_on_pathological_label_skew(tmp_path: Path) -> N
     with np.load(Path(ckpt_keys) / "checkpoint.npz", allow_pickle=False) as z:
         names = list(z.keys())
     assert any("c/" in n for n in names), "the server control variate is checkpointed"
+
+
+def test_readme_strategy_table_lists_every_registered_name() -> None:
+    text = (REPO / "README.md").read_text()
+    missing = [n for n in algorithms() if f"| `{n}` |" not in text]
+    assert not missing, f"README's strategy table lacks {missing}"
+
+
+@pytest.mark.parametrize("kind", ["server_fixed", "server_adaptive", "client_fixed",
+                                  "client_adaptive"])  # fmt: skip
+def test_flowers_dp_wrappers_run_on_any_strategy(kind: str, tmp_path: Path) -> None:
+    from fedsim.api import run
+
+    result = run(strategy="fedprox", rounds=2, overrides=[
+        f"dp.kind={kind}", "dp.noise_multiplier=0.1", "dp.clipping_norm=5",
+        "backbone.width=0.25", f"output_dir={tmp_path}", "progress=false"])  # fmt: skip
+    assert 0.0 <= result.metrics["eval/acc"] <= 1.0
+    log = (result.run_dir / "fedsim.log").read_text()
+    assert "ERROR" not in log, log[-2000:]
