@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def measure(job: str, mode: str, extra: list[str]) -> dict:  # type: ignore[type-arg]
+def measure(job: str, mode: str, extra: list[str]) -> dict:
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
     out = subprocess.run(
         [sys.executable, "-m", "bench.run_one", job, mode, *extra],
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="extra fedsim overrides for every contender")
     args = ap.parse_intermixed_args()
     modes = args.modes.split(",")
-    results: dict[str, list[dict]] = {m: [] for m in modes}  # type: ignore[type-arg]
+    results: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(args.repeats):
         for mode in modes:  # interleaved, so drift hits every contender alike
             r = measure(args.job, mode, args.extra)

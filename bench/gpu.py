@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"device={args.device}",
                 f"precision={args.precision}",
             ]
-            res: dict[str, list[dict]] = {m: [] for m in modes}  # type: ignore[type-arg]
+            res: dict[str, list[dict]] = {m: [] for m in modes}
             for rep in range(args.repeats):
                 for mode in modes:
                     r = measure("custom", mode, extra)

@@ -119,18 +119,19 @@ def _train_batched(
     from fedsim import vectorize, vmap_train
 
     reason = vmap_train.blocker(model, optimizer, hooks)
+    lock = vectorize.held_lock()
+    if reason is None and lock is None:  # waiting while holding an unknown lock could deadlock
+        reason = "the caller of train_local declared no lock (vectorize.released_while_waiting)"
     if reason is not None:
         vectorize.note_fallback(batcher, reason)
         return None
     job = vmap_train.make_job(model, optimizer, x, y, plan, device, precision, hooks)
-    lock = job.lock = vectorize.held_lock()
-    if lock is not None:
-        lock.release()  # the other clients of the round load their state meanwhile
+    job.lock = lock
+    lock.release()  # the other clients of the round load their state meanwhile
     try:
         batcher.submit(job)
     finally:
-        if lock is not None:
-            lock.acquire()
+        lock.acquire()
     if job.error is not None:
         vectorize.note_fallback(batcher, f"the batched step failed: {job.error}")
         with torch.no_grad():  # back to the state the job started from

@@ -55,6 +55,7 @@ def _clients(
     drop: frozenset[int] = frozenset(),
     rounds: int = 1,
     shape: tuple[int, int, int] = (1, 16, 16),
+    declare: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``len(sizes)`` clients on one shared model, as ``Client.fit`` does (under the
     environment lock); ``mode`` off = one after the other, on = threads around a batcher.
@@ -68,7 +69,7 @@ def _clients(
     def fit(i: int, rnd: int) -> None:
         if i in drop:
             raise RuntimeError("dropped")  # a crash before training: never submits
-        with lock, released_while_waiting(lock):
+        with lock, released_while_waiting(lock if declare else None):
             model.load_state_dict(out[i].get("state", init))
             opt = make_optimizer(model, cfg)
             if "opt" in out[i]:
@@ -291,3 +292,10 @@ def test_auto_falls_back_for_fraug_and_says_so(fast_cfg: Any, tmp_path: Path, ca
     assert rec["status"] == "complete"
     said = [r.getMessage() for r in caplog.records if "one by one" in r.getMessage()]
     assert len(said) == 1, said
+
+
+def test_an_undeclared_lock_trains_one_by_one_instead_of_deadlocking(caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="fedsim.vectorize"):
+        auto = _clients("logreg", [10, 10], SGD, "auto", declare=False)
+    _agree(_clients("logreg", [10, 10], SGD, "off"), auto, tol=0.0)
+    assert any("declared no lock" in r.getMessage() for r in caplog.records)
