@@ -96,7 +96,7 @@ def _swept_keys(overrides: list[str]) -> set[str]:
 
 
 def _is_complete(cfg: Any) -> bool:
-    from fedsim.server import run_dir_for
+    from fedsim.paths import run_dir_for
     from fedsim.tracking import read_status
 
     return read_status(run_dir_for(cfg)) == "complete"
@@ -117,8 +117,7 @@ def cmd_run(args: list[str]) -> int:
         register_configs,
         to_plain,
     )
-    from fedsim.runner import execute
-    from fedsim.server import run_dir_for
+    from fedsim.paths import run_dir_for
 
     flags, overrides = _split(args)
     try:
@@ -157,6 +156,8 @@ def cmd_run(args: list[str]) -> int:
             from fedsim.launchers import limit_job_threads
 
             limit_job_threads(cfg)  # parallel launchers (hydra/launcher=joblib)
+            from fedsim.runner import execute  # torch, Flower: not for --help
+
             record = execute(cfg)
         except UserError as e:
             sys.exit(_fail(str(e)))
@@ -252,7 +253,7 @@ def cmd_resume(args: list[str]) -> int:
     expected = Path(plain["output_dir"])
     try:
         cfg = from_plain({**plain, "resume": True})
-        from fedsim.server import run_dir_for
+        from fedsim.paths import run_dir_for
 
         if run_dir_for(cfg).resolve() != run_dir.resolve():
             raise CheckpointError(

@@ -24,7 +24,7 @@ from fedsim.errors import ConfigError, UserError
 from fedsim.federation import load_federation
 from fedsim.logs import attach_log_file, detach_log_file
 from fedsim.modelzoo import initial_model, resolve_device
-from fedsim.server import run_dir_for
+from fedsim.paths import run_dir_for
 from fedsim.tracking import STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from fedsim.faults import byzantine_clients
 from fedsim.federation import Federation, load_federation
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.participation import ParticipationSampler
+from fedsim.paths import run_dir_for
 from fedsim.payloads import Identity
 from fedsim.records import (
     arrays_from_numpy,
@@ -53,15 +54,7 @@ from fedsim.wrap.server import FedsimStrategy
 
 log = logging.getLogger(__name__)
 
-
-def run_dir_for(cfg: RunConfig) -> Path:
-    """``<output_dir>/<experiment or scenario>/<strategy>/[<tag>/]seed-<S>``."""
-    group = cfg.experiment or cfg.scenario.name
-    parts = [cfg.output_dir, group, cfg.strategy.name]
-    if cfg.tag:
-        parts.append(cfg.tag)
-    parts.append(f"seed-{cfg.seed}")
-    return Path(*parts)
+__all__ = ["run_dir_for", "run_experiment"]
 
 
 NODE_WAIT_POLL_S = 0.5  # how often discovery re-reads the connected nodes while waiting

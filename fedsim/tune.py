@@ -121,8 +121,8 @@ def _config(
 
 def _run(cfg: RunConfig) -> dict[str, Any]:
     """Run (or reuse a complete run of) one configuration; return its run.json record."""
+    from fedsim.paths import run_dir_for
     from fedsim.runner import execute
-    from fedsim.server import run_dir_for
     from fedsim.tracking import STATUS_FILE, read_status
 
     run_dir = run_dir_for(cfg)
