@@ -106,7 +106,7 @@ def tune(key: dict[str, Any], target: float) -> tuple[dict[str, Any], list[str]]
     best: dict[str, Any] | None = None
     hit: float | None = None
     for c in COARSE:
-        r = one_run(*args, c, target)  # type: ignore[arg-type]
+        r = one_run(*args, c, target)
         tried.append(f"{c:.4g}:{r['reason']}:{r['rounds']}")
         if best is None or (best["reason"] != "target" and r["rel_dist"] < best["rel_dist"]):
             best = r
@@ -117,7 +117,7 @@ def tune(key: dict[str, Any], target: float) -> tuple[dict[str, Any], list[str]]
             break
     if hit is not None:
         for c in fine_above(hit):
-            r = one_run(*args, c, target)  # type: ignore[arg-type]
+            r = one_run(*args, c, target)
             tried.append(f"{c:.4g}:{r['reason']}:{r['rounds']}")
             if r["reason"] == "target":
                 best = r
@@ -183,6 +183,6 @@ if __name__ == "__main__":
     if not a.report:
         sweep(a)
     sys.path.insert(0, str(Path(__file__).parent))
-    from masha_report import report  # type: ignore[import-not-found]
+    from masha_report import report
 
     report(Path(a.log), REPO / "docs" / "results", a.target)

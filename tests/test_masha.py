@@ -82,7 +82,7 @@ def test_bilinear_solution_zeroes_the_operator_and_lipschitz_is_the_jacobian_nor
 # ----------------------------------------------------------------------------- fedsim runs
 
 
-def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _run(cfg, tmp_path: Path):
     from fedsim.app import CONFIG_KEY, make_client_app
     from fedsim.conf import to_json
     from fedsim.runtime.inline import InlineGrid
@@ -107,7 +107,7 @@ def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
 )
 def test_masha_converges_linearly_where_naive_compressed_eg_does_not(
     fast_cfg, tmp_path: Path, strategy: str, channel: str, gamma_c: float
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     cfg = fast_cfg(*SMALL, f"strategy={strategy}", f"channel.up={channel}",
                    "channel.up.ratio=0.3", "rounds=150", f"strategy.gamma_c={gamma_c}")  # fmt: skip
     grid, rows = _run(cfg, tmp_path / strategy)
@@ -135,7 +135,7 @@ def test_masha_converges_linearly_where_naive_compressed_eg_does_not(
     assert not nrd[-1] <= 1e-4  # stalls at a noise floor (randk) or a bias (topk), or diverges
 
 
-def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> None:
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.2",
                    "channel.down=topk", "channel.down.ratio=0.1", "rounds=12")  # fmt: skip
     _, rows = _run(cfg, tmp_path)
@@ -157,7 +157,7 @@ def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> N
     assert rows[-1]["comm/bytes_up_total"] == sum(r["comm/bytes_up"] for r in rows)
 
 
-def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_path: Path) -> None:
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.2",
                    "scenario.participation.fraction=0.5", "rounds=6")  # fmt: skip
     _, rows = _run(cfg, tmp_path)
@@ -168,7 +168,7 @@ def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_pat
     assert rows[-1]["masha/rel_dist"] < 1.0
 
 
-def test_replay_reproduces_the_fedsim_run(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_replay_reproduces_the_fedsim_run(fast_cfg, tmp_path: Path) -> None:
     from fedsim.problems import server_problem
 
     for strategy, ch in (("masha2", "topk"), ("masha1", "randk")):
@@ -242,7 +242,7 @@ def test_identity_channels_are_lossless_for_masha_payloads() -> None:
 
 
 def _bilinear(M: int, **kw: float) -> object:
-    return make_bilinear(ProblemConfig(kind="bilinear", dim=8, **kw), M, seed=3)  # type: ignore[arg-type]
+    return make_bilinear(ProblemConfig(kind="bilinear", dim=8, **kw), M, seed=3)
 
 
 def test_similarity_knob_zero_gives_identical_matrices_and_rho_one() -> None:
@@ -316,7 +316,7 @@ def test_predicted_ratio_formula() -> None:
     )
 
 
-def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_path: Path) -> None:
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.05",
                    "rounds=20")  # fmt: skip
     _, rows = _run(cfg, tmp_path)
@@ -336,7 +336,7 @@ def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_p
         assert a["comm/bytes_down_total"] == b["comm/bytes_down_total"]
 
 
-def test_vectorised_simulation_agrees_with_the_replay(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+def test_vectorised_simulation_agrees_with_the_replay(fast_cfg) -> None:
     from fedsim.problems import server_problem
     from strategies.masha_math import default_gamma, default_tau, simulate
 
