@@ -30,6 +30,7 @@ from strategies.masha import (
     VARIANTS,
     MashaIns,
     anchor,
+    broadcast_channel,
     error_feedback,
     half_step,
     masha1_update,
@@ -74,7 +75,7 @@ class MashaClient(Client):
             v["fw"] = layout.join(IdentityChannel().decode(msg.fw, layout.like()))
         if msg.broadcast is None or msg.apply == "none":
             return
-        down = make_channel(self.cfg.channel.down)
+        down = broadcast_channel(make_channel(self.cfg.channel.down))
         c = layout.join(down.decode(msg.broadcast, layout.like()))
         if msg.apply == "g":  # naive EG: extrapolate with the compressed F(z)
             v["zh"] = prox(v["z"] - msg.gamma * c)

@@ -111,6 +111,7 @@ def cmd_run(args: list[str]) -> int:
         PRIMARY,
         _path_scenarios,
         _rewrite_scenario,
+        apply_scenario_rounds,
         check_overrides,
         from_plain,
         precheck_sweep,
@@ -148,6 +149,7 @@ def cmd_run(args: list[str]) -> int:
                         parts.append(f"{key}={value}")
                 plain["tag"] = ",".join(sorted(parts))
             cfg = from_plain(plain)
+            apply_scenario_rounds(cfg, overrides)  # a scenario's rounds: unless rounds= given
             if multirun and not cfg.overwrite and not cfg.resume and _is_complete(cfg):
                 # re-running a sweep after a crash redoes only what is missing
                 done = run_dir_for(cfg)

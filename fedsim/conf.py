@@ -292,8 +292,17 @@ def compose(overrides: list[str]) -> RunConfig:
     overrides = [_rewrite_scenario(o, extra) for o in overrides]
     check_overrides(overrides, broken)
     run_cfg = _compose_one(overrides)
+    apply_scenario_rounds(run_cfg, overrides)
     validate(run_cfg)
     return run_cfg
+
+
+def apply_scenario_rounds(cfg: RunConfig, overrides: list[str]) -> None:
+    """A scenario's ``rounds:`` (> 0) is the run's default; ``rounds=`` on the command
+    line still wins."""
+    given = any(o.lstrip("+~").split("=", 1)[0] == "rounds" for o in overrides)
+    if cfg.scenario.rounds > 0 and not given:
+        cfg.rounds = cfg.scenario.rounds
 
 
 def _path_scenarios(overrides: list[str]) -> dict[str, Path]:
@@ -486,6 +495,16 @@ def validate_scenario(s: ScenarioConfig) -> None:
     )
     need(pr.dim >= 1, f"problem.dim: must be >= 1, got {pr.dim}")
     need(pr.lam >= 0, f"problem.lam: must be >= 0, got {pr.lam}")
+    need(
+        pr.similarity >= 0,
+        f"problem.similarity: must be >= 0 or inf (independent A_m), got {pr.similarity}",
+    )
+    need(
+        pr.condition == 0 or (pr.condition > 1 and pr.lam > 0),
+        f"problem.condition: must be 0 (use problem.scale) or > 1 with problem.lam > 0, "
+        f"got {pr.condition} (lam {pr.lam})",
+    )
+    need(s.rounds >= 0, f"rounds: must be >= 0 (0 = the run's rounds), got {s.rounds}")
     validate_participation(s.participation, s.num_clients)
     validate_shift(s.shift, s.num_clients)
     if s.problem.kind == "classification":

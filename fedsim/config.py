@@ -150,6 +150,10 @@ class ProblemConfig:
     lam: float = 1.0  # bilinear: strong monotonicity mu = lam
     scale: float = 1.0  # bilinear: A_m entries i.i.d. N(0, scale^2) (spec default)
     noise: float = 1.0  # bilinear: a_m, b_m ~ N(0, noise^2 I)
+    # bilinear: A_m = alpha (A_0 + similarity * E_m); inf = independent A_m (spec default),
+    # 0 = identical A_m
+    similarity: float = float("inf")
+    condition: float = 0.0  # bilinear: > 1 sets alpha so that L / mu = condition; 0 = scale
 
 
 @dataclass
@@ -160,6 +164,7 @@ class ScenarioConfig:
     description: str = ""
     file: str = ""  # the YAML file this scenario came from (set by fedsim, for messages)
     num_clients: int = 10
+    rounds: int = 0  # > 0: the default of the run's ``rounds`` (``rounds=`` still wins)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)

@@ -133,13 +133,47 @@ class BilinearProblem:
 
 
 def make_bilinear(cfg: ProblemConfig, num_clients: int, seed: int) -> BilinearProblem:
-    """Spec defaults: ``A_m`` entries i.i.d. ``N(0, scale^2)``, ``a_m, b_m ~ N(0, noise^2 I)``."""
+    """``A_m = alpha (A_0 + s E_m)``, ``a_m, b_m ~ N(0, noise^2 I)``.
+
+    ``E_m`` and ``A_0`` have i.i.d. ``N(0, 1)`` entries; ``s = cfg.similarity``.  With
+    ``s = inf`` (the default) ``A_m = alpha E_m``: independent matrices, the spec's default
+    instance (section 7; ``alpha = scale`` reproduces it draw for draw).  ``s = 0`` gives
+    identical ``A_m`` (only ``a_m, b_m`` differ), so ``rho = mean L_m^2 / L^2 = 1``; large
+    ``s`` makes the devices' operators differ, ``rho -> M`` as ``s -> inf`` (issue 16's
+    similarity knob, not from the paper).  ``alpha = scale`` unless ``cfg.condition > 1``:
+    then ``alpha`` is set so that ``L / mu = condition`` exactly (``L^2 = lam^2 +
+    ||Abar||_2^2``, ``mu = lam``).
+    """
     rng = derive_rng(seed, "problem/bilinear")
     d = cfg.dim
-    A = rng.normal(0.0, cfg.scale, size=(num_clients, d, d))
+    E = rng.normal(0.0, 1.0, size=(num_clients, d, d))
     a = rng.normal(0.0, cfg.noise, size=(num_clients, d))
     b = rng.normal(0.0, cfg.noise, size=(num_clients, d))
-    return BilinearProblem(A, a, b, float(cfg.lam))
+    s = float(cfg.similarity)
+    if math.isinf(s):
+        A = E
+    else:  # A_0 from its own stream, so a and b do not depend on s
+        A0 = derive_rng(seed, "problem/bilinear/common").normal(0.0, 1.0, size=(d, d))
+        A = A0[None, :, :] + s * E
+    if cfg.condition > 1:
+        lam = float(cfg.lam)
+        alpha = lam * math.sqrt(cfg.condition**2 - 1.0) / float(np.linalg.norm(A.mean(0), 2))
+    else:
+        alpha = float(cfg.scale)
+    return BilinearProblem(alpha * A, a, b, float(cfg.lam))
+
+
+def similarity_stats(problem: BilinearProblem) -> dict[str, float]:
+    """``L``, ``mu``, mean and max ``L_m`` and ``rho = mean_m L_m^2 / L^2`` of a problem
+    (the quantities of the MASHA1 rate, ``strategies.masha_math.predicted_up_ratio``)."""
+    L, Lm = problem.lipschitz()
+    return {
+        "L": L,
+        "mu": problem.lam,
+        "L_m_mean": float(np.mean(Lm)),
+        "L_m_max": float(np.max(Lm)),
+        "rho": float(np.mean(Lm**2) / L**2),
+    }
 
 
 _BILINEAR: dict[str, BilinearProblem] = {}
@@ -147,7 +181,10 @@ _BILINEAR: dict[str, BilinearProblem] = {}
 
 def bilinear_for(cfg: ProblemConfig, num_clients: int, seed: int) -> BilinearProblem:
     """The bilinear problem of a run, built once per process."""
-    key = f"{cfg.dim}/{cfg.lam}/{cfg.scale}/{cfg.noise}/{num_clients}/{seed}"
+    key = (
+        f"{cfg.dim}/{cfg.lam}/{cfg.scale}/{cfg.noise}/{cfg.similarity}/{cfg.condition}/"
+        f"{num_clients}/{seed}"
+    )
     if key not in _BILINEAR:
         _BILINEAR.clear()
         _BILINEAR[key] = make_bilinear(cfg, num_clients, seed)

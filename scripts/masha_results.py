@@ -1,5 +1,8 @@
-"""Reproduce docs/results/masha.md: MASHA1/MASHA2 vs extragradient on the bilinear saddle
-point, and the adversarial-training min-max game on digits.
+"""MASHA1/MASHA2 vs extragradient on the single shipped bilinear instance (M = 10, independent
+A_m) through fedsim's round loop, and the adversarial-training min-max game on digits.  The
+regime sweep of docs/results/masha.md (M, similarity, k/d, 3 seeds) is
+``scripts/masha_regimes.py``; this script is its single-instance predecessor plus the vision
+part.
 
 One command (from the repository root; about 40 CPU-minutes, most of it the 1% rows):
 

@@ -82,7 +82,7 @@ def test_bilinear_solution_zeroes_the_operator_and_lipschitz_is_the_jacobian_nor
 # ----------------------------------------------------------------------------- fedsim runs
 
 
-def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _run(cfg, tmp_path: Path):
     from fedsim.app import CONFIG_KEY, make_client_app
     from fedsim.conf import to_json
     from fedsim.runtime.inline import InlineGrid
@@ -107,7 +107,7 @@ def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
 )
 def test_masha_converges_linearly_where_naive_compressed_eg_does_not(
     fast_cfg, tmp_path: Path, strategy: str, channel: str, gamma_c: float
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     cfg = fast_cfg(*SMALL, f"strategy={strategy}", f"channel.up={channel}",
                    "channel.up.ratio=0.3", "rounds=150", f"strategy.gamma_c={gamma_c}")  # fmt: skip
     grid, rows = _run(cfg, tmp_path / strategy)
@@ -135,7 +135,7 @@ def test_masha_converges_linearly_where_naive_compressed_eg_does_not(
     assert not nrd[-1] <= 1e-4  # stalls at a noise floor (randk) or a bias (topk), or diverges
 
 
-def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> None:
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.2",
                    "channel.down=topk", "channel.down.ratio=0.1", "rounds=12")  # fmt: skip
     _, rows = _run(cfg, tmp_path)
@@ -157,7 +157,7 @@ def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> N
     assert rows[-1]["comm/bytes_up_total"] == sum(r["comm/bytes_up"] for r in rows)
 
 
-def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_path: Path) -> None:
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.2",
                    "scenario.participation.fraction=0.5", "rounds=6")  # fmt: skip
     _, rows = _run(cfg, tmp_path)
@@ -168,7 +168,7 @@ def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_pat
     assert rows[-1]["masha/rel_dist"] < 1.0
 
 
-def test_replay_reproduces_the_fedsim_run(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_replay_reproduces_the_fedsim_run(fast_cfg, tmp_path: Path) -> None:
     from fedsim.problems import server_problem
 
     for strategy, ch in (("masha2", "topk"), ("masha1", "randk")):
@@ -236,3 +236,172 @@ def test_identity_channels_are_lossless_for_masha_payloads() -> None:
     v = rng.normal(size=7)
     for ch in (IdentityChannel(), RandKChannel(1.0), TopKChannel(1.0)):
         assert np.allclose(ch.roundtrip(v.astype(np.float32), rng), v, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- regimes
+
+
+def _bilinear(M: int, **kw: float) -> object:
+    return make_bilinear(ProblemConfig(kind="bilinear", dim=8, **kw), M, seed=3)
+
+
+def test_similarity_knob_zero_gives_identical_matrices_and_rho_one() -> None:
+    from fedsim.problems import similarity_stats
+
+    p = _bilinear(5, similarity=0.0, condition=10.0)
+    assert all(np.array_equal(p.A[0], p.A[m]) for m in range(5))  # type: ignore[attr-defined]
+    st = similarity_stats(p)  # type: ignore[arg-type]
+    assert st["L"] == pytest.approx(10.0)  # condition sets L / mu exactly (mu = lam = 1)
+    assert st["rho"] == pytest.approx(1.0)
+    # rho = mean L_m^2 / L^2 grows with s towards M (independent A_m at s = inf)
+    rhos = [similarity_stats(_bilinear(5, similarity=s, condition=10.0))["rho"]  # type: ignore[arg-type]
+            for s in (0.3, 1.0, 3.0, float("inf"))]  # fmt: skip
+    assert 1.0 < rhos[0] < rhos[1] < rhos[2] < rhos[3]
+    assert 2.5 < rhos[3] < 10.0  # about M = 5 (the mean of 5 independent A_m: ||Abar|| ~ 1/sqrt(M))
+    for s in (0.3, float("inf")):
+        q = _bilinear(5, similarity=s, condition=10.0)
+        L, Lm = q.lipschitz()  # type: ignore[attr-defined]
+        assert pytest.approx(10.0) == L and np.all(Lm >= 1.0)
+        assert np.mean(Lm) + 1e-9 >= L  # ||mean A_m|| <= mean ||A_m||
+
+
+def test_similarity_inf_is_the_spec_instance_draw_for_draw() -> None:
+    from fedsim.seeding import derive_rng
+
+    p = _bilinear(3, scale=0.5)  # defaults: similarity inf, condition 0
+    rng = derive_rng(3, "problem/bilinear")
+    assert np.array_equal(p.A, 0.5 * rng.normal(0.0, 1.0, size=(3, 8, 8)))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("scenario.problem.similarity=-1", "problem.similarity: must be >= 0 or inf"),
+     ("scenario.problem.condition=0.5", "problem.condition: must be 0"),
+     ("scenario.rounds=-3", "rounds: must be >= 0")],
+)  # fmt: skip
+def test_bad_problem_keys_are_one_line_errors(override: str, needle: str) -> None:
+    from fedsim.conf import compose
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compose(["scenario=masha_bilinear", "strategy=masha1", override])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scenario_rounds_is_the_default_and_the_command_line_wins() -> None:
+    from fedsim.conf import compose
+
+    assert compose(["scenario=masha_bilinear", "strategy=eg"]).rounds == 1500
+    assert compose(["scenario=masha_bilinear", "strategy=eg", "rounds=7"]).rounds == 7
+    assert compose(["scenario=digits_iid"]).rounds == 20  # no rounds: key, the run default
+
+
+def test_predicted_ratio_formula() -> None:
+    from fedsim.config import ChannelSideConfig
+    from strategies.masha_math import predicted_up_ratio
+
+    up, dense = ChannelSideConfig(name="randk", ratio=0.25), ChannelSideConfig()
+    # ideal-bytes form: sqrt(p + (1 - p) rho / M) when not capped; RandK sends 4k + 8 bytes
+    D, p, M, rho = 200, 0.25, 100, 1.0
+    bytes_ratio = (4 * 50 + 8 + 4 * p * D) / (8 * D * p)
+    want = bytes_ratio * np.sqrt(p + (1 - p) * rho / M)
+    assert predicted_up_ratio(up, dense, D, M, 100.0, 1.0, rho) == pytest.approx(want)
+    # capped by L / mu: with L / mu = 1.5 the 1/p reference refreshes dominate
+    capped = predicted_up_ratio(up, dense, D, M, 1.5, 1.0, rho)
+    assert capped == pytest.approx(bytes_ratio * p * (1 / p) / 1.5)
+    # independent devices (rho = M): break-even or worse; bidirectional RandK: worse still
+    assert predicted_up_ratio(up, dense, D, M, 100.0, 1.0, M) >= 1.0
+    assert predicted_up_ratio(up, up, D, M, 100.0, 1.0, rho) > predicted_up_ratio(
+        up, dense, D, M, 100.0, 1.0, rho
+    )
+
+
+def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_path: Path) -> None:
+    cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.05",
+                   "rounds=20")  # fmt: skip
+    _, rows = _run(cfg, tmp_path)
+    M, dense = 4, 4 * 20
+    after_step = [r for p, r in itertools.pairwise(rows) if not p["masha/sync_round"]]
+    assert after_step
+    for row in after_step:  # <= M k = 4 non-zeros: values + int32 indices, not 20 floats
+        assert 0 < row["comm/bytes_down"] <= M * 8 * 4 < M * dense
+    # lossless: the replay with a dense downlink decodes the same vectors (same trajectory)
+    from fedsim.problems import server_problem
+
+    problem = server_problem(cfg)
+    rep = replay(problem, "masha1", make_channel(cfg.channel.up), IdentityChannel(),
+                 rows[0]["masha/gamma"], rows[0]["masha/tau"], 20, cfg.seed)  # fmt: skip
+    for a, b in zip(rows, rep, strict=True):
+        assert a["masha/rel_dist"] == b["masha/rel_dist"]
+        assert a["comm/bytes_down_total"] == b["comm/bytes_down_total"]
+
+
+def test_vectorised_simulation_agrees_with_the_replay(fast_cfg) -> None:
+    from fedsim.problems import server_problem
+    from strategies.masha_math import default_gamma, default_tau, simulate
+
+    for strategy, ch, bi in (("masha2", "topk", False), ("masha2", "topk", True),
+                             ("eg", "identity", False), ("masha1", "randk", False)):  # fmt: skip
+        ov = [*SMALL, f"strategy={strategy}", f"channel.up={ch}", "channel.up.ratio=0.2"]
+        if bi:
+            ov += [f"channel.down={ch}", "channel.down.ratio=0.2"]
+        cfg = fast_cfg(*ov)
+        problem = server_problem(cfg)
+        variant = "masha2" if strategy == "masha2" else "masha1"
+        tau = 0.0 if strategy == "eg" else default_tau(cfg)
+        L, Lm = problem.lipschitz()  # type: ignore[misc]
+        gamma = default_gamma(variant, cfg, tau, L, Lm, 1.0)
+        up, down = make_channel(cfg.channel.up), make_channel(cfg.channel.down)
+        rep = replay(problem, variant, up, down, gamma, tau, 3000, cfg.seed, stop=1e-6)
+        sim = simulate(problem, variant, cfg.channel.up, cfg.channel.down, gamma, tau, 3000,
+                       cfg.seed, stop=1e-6)  # fmt: skip
+        assert rep[-1]["masha/rel_dist"] <= 1e-6 and sim[-1]["masha/rel_dist"] <= 1e-6
+        if ch == "randk":  # independent masks: statistically, not bitwise, equal
+            assert 0.7 < len(sim) / len(rep) < 1.4
+        else:  # deterministic compressors: the same run up to float rounding
+            assert len(sim) == len(rep)
+            assert sim[-1]["comm/bytes_up_total"] == rep[-1]["comm/bytes_up_total"]
+            assert sim[-1]["comm/bytes_down_total"] == rep[-1]["comm/bytes_down_total"]
+            assert sim[-1]["masha/rel_dist"] == pytest.approx(rep[-1]["masha/rel_dist"], rel=1e-3)
+
+
+def _readme_masha_commands() -> list[str]:
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    return [ln.strip() for ln in readme.read_text().splitlines()
+            if ln.strip().startswith("fedsim run") and "masha_bilinear" in ln]  # fmt: skip
+
+
+def test_readme_has_masha_commands() -> None:
+    cmds = _readme_masha_commands()
+    assert len(cmds) >= 3 and any("strategy=eg" in c for c in cmds)
+
+
+@pytest.mark.parametrize("command", _readme_masha_commands())
+def test_readme_masha_command_reaches_1e6_replayed(command: str) -> None:
+    """Cheap: the command's configuration through the replay (checked against fedsim)."""
+    from fedsim.conf import compose
+    from fedsim.problems import server_problem
+    from strategies.masha import VARIANTS, default_gamma, default_tau
+
+    cfg = compose(command.split()[2:])
+    variant = VARIANTS[cfg.strategy.name]
+    problem = server_problem(cfg)
+    tau = 0.0 if cfg.strategy.name == "eg" else default_tau(cfg)
+    L, Lm = problem.lipschitz()  # type: ignore[misc]
+    gamma = default_gamma(variant, cfg, tau, L, Lm, cfg.strategy.gamma_c)  # type: ignore[attr-defined]
+    up, down = make_channel(cfg.channel.up), make_channel(cfg.channel.down)
+    rows = replay(problem, variant, up, down, gamma, tau, cfg.rounds, cfg.seed)
+    assert min(r["masha/rel_dist"] for r in rows) <= 1e-6
+    assert rows[-1]["masha/rel_dist"] <= 1e-6  # and it stays there to the last round
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _readme_masha_commands())
+def test_readme_masha_command_reaches_1e6_as_typed(command: str, tmp_path: Path) -> None:
+    from fedsim.cli import main
+
+    args = command.split()[1:]
+    assert main([*args, "progress=false", f"output_dir={tmp_path}"]) == 0
+    (run,) = list(tmp_path.glob("masha_bilinear/*/seed-0"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["masha/rel_dist"] <= 1e-6
