@@ -14,8 +14,8 @@ from typing import Any
 from fedsim.config import FedAvgConfig, FedBNConfig, FedProxConfig, StrategyConfig
 from strategies.fedossl import (
     FedoSSLConfig,
+    FedoSSLLSConfig,
     FedoSSLNoCalibConfig,
-    FedoSSLNoLSConfig,
     FedoSSLOrcaConfig,
 )
 from strategies.fraug import FRAugConfig
@@ -69,7 +69,7 @@ REGISTRY: dict[str, StrategySpec] = {
         FedoSSLConfig,
         "strategies.fedossl:FedoSSL",
         "clients.fedossl:FedoSSLClient",
-        "open-world semi-supervised FL: suppressed loss + centroid calibration",
+        "open-world semi-supervised FL: centroid calibration + pseudo-labels (public code)",
     ),
     "fedossl_orca": StrategySpec(
         FedoSSLOrcaConfig,
@@ -77,11 +77,11 @@ REGISTRY: dict[str, StrategySpec] = {
         "clients.fedossl:FedoSSLClient",
         "baseline: FedAvg with ORCA's local objective (FedoSSL without L_S, calibration)",
     ),
-    "fedossl_no_ls": StrategySpec(
-        FedoSSLNoLSConfig,
+    "fedossl_ls": StrategySpec(
+        FedoSSLLSConfig,
         "strategies.fedossl:FedoSSL",
         "clients.fedossl:FedoSSLClient",
-        "ablation: FedoSSL without the suppressed loss (the public code's objective)",
+        "ablation: FedoSSL + the paper's suppressed loss L_S (commented out in the code)",
     ),
     "fedossl_no_calib": StrategySpec(
         FedoSSLNoCalibConfig,
