@@ -258,7 +258,7 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     fast_cfg,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
-    from clients.base import LOCAL_KEY
+    from clients.base import LOCAL_KEY, OPTIM_KEY
     from fedsim.backbones import bn_running_stat_keys
     from fedsim.modelzoo import initial_model
 
@@ -274,6 +274,8 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
         "strategy.local_centroids=8",
         "train.batch_size=64",
         "train.local_epochs=1",
+        "train.persist_optimizer=true",
+        "train.momentum=0.9",
         "runtime.threads=1",
     )
     grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
@@ -299,6 +301,8 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     assert not (stats & wire) and "memory" not in wire
     state = grid.context(grid.node_map()[0]).state
     assert STATE_KEY in state.array_records and LOCAL_KEY in state.array_records
+    # each client's SGD momentum is kept across rounds (the code keeps one optimizer each)
+    assert any(k.endswith("momentum_buffer") for k in state.array_records[OPTIM_KEY])
     # the bank holds both views of this round's one epoch only, not last round's features
     from fedsim.federation import build_federation
 
