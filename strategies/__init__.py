@@ -87,7 +87,7 @@ REGISTRY: dict[str, StrategySpec] = {
         FedoSSLNoCalibConfig,
         "strategies.fedossl:FedoSSL",
         "clients.fedossl:FedoSSLClient",
-        "ablation: FedoSSL without calibration and pseudo-labels",
+        "ablation: FedoSSL + L_S without calibration and pseudo-labels (ORCA + L_S)",
     ),
     "masha1": StrategySpec(
         MashaConfig,

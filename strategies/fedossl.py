@@ -70,8 +70,9 @@ Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLCo
 Baselines and ablations are registry entries of the same classes with other defaults:
 ``fedossl_orca`` (FedAvg + ORCA's local objective: no ``L_S``, no calibration, no
 pseudo-labels, no clustering), ``fedossl_ls`` (the public objective + the paper's ``L_S``)
-and ``fedossl_no_calib`` (no ``L_clu`` and no pseudo-labels, which both come from the
-global centroids).  ``fedossl_no_ls`` was the earlier name of today's default.
+and ``fedossl_no_calib`` (``fedossl_ls`` without ``L_clu`` and pseudo-labels, which both
+come from the global centroids: ORCA + ``L_S``).  The four are a 2 x 2 design: with or
+without calibration, with or without ``L_S``.  ``fedossl_no_ls`` was the earlier name of today's default.
 """
 
 from __future__ import annotations
@@ -180,9 +181,11 @@ class FedoSSLLSConfig(FedoSSLConfig):
 
 @dataclass
 class FedoSSLNoCalibConfig(FedoSSLConfig):
-    """Ablation: FedoSSL without calibration (no L_clu, no pseudo-labels, no clustering)."""
+    """Ablation: the paper's FedoSSL without calibration (ORCA + L_S: no L_clu, no
+    pseudo-labels, no clustering), so that the four variants are a 2 x 2 design."""
 
     name: str = "fedossl_no_calib"
+    suppress_weight: float = 2.0
     calibration: bool = False
     pseudo_labels: bool = False
 

@@ -177,7 +177,7 @@ def test_registry_variants_switch_the_right_terms() -> None:
     assert with_ls.suppress_weight == 2.0 and with_ls.suppress_sign == -1.0
     assert with_ls.calibration and with_ls.pseudo_labels
     assert orca.suppress_weight == 0 and not orca.calibration and not orca.pseudo_labels
-    assert no_calib.suppress_weight == 0 and not no_calib.calibration
+    assert no_calib.suppress_weight == 2.0 and not no_calib.calibration  # ORCA + L_S
     assert not no_calib.pseudo_labels
     names = {REGISTRY[n].config().name for n in REGISTRY if n.startswith("fedossl")}
     assert names == {"fedossl", "fedossl_ls", "fedossl_orca", "fedossl_no_calib"}
