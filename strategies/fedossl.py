@@ -72,7 +72,8 @@ Baselines and ablations are registry entries of the same classes with other defa
 pseudo-labels, no clustering), ``fedossl_ls`` (the public objective + the paper's ``L_S``)
 and ``fedossl_no_calib`` (``fedossl_ls`` without ``L_clu`` and pseudo-labels, which both
 come from the global centroids: ORCA + ``L_S``).  The four are a 2 x 2 design: with or
-without calibration, with or without ``L_S``.  ``fedossl_no_ls`` was the earlier name of today's default.
+without calibration, with or without ``L_S``.  ``fedossl_no_ls`` was the earlier name of
+today's default.
 """
 
 from __future__ import annotations
