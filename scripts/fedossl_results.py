@@ -59,7 +59,7 @@ COMMON = [
 #: scenario -> extra overrides (mnist_open_world subsampled to fit one CPU core)
 BUDGETS: dict[str, list[str]] = {
     "digits_open_world": [],
-    "mnist_open_world": ["scenario.dataset.sources.0.max_samples=2500"],
+    "mnist_open_world": ["scenario.dataset.sources.0.max_samples=1500"],
 }
 
 
