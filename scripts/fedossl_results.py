@@ -63,19 +63,35 @@ BUDGETS: dict[str, list[str]] = {
 }
 
 
+#: extra ablation (``--ablations``): name -> (registered strategy, overrides)
+ABLATIONS: dict[str, tuple[str, list[str]]] = {
+    "fedossl_no_pseudo": ("fedossl", ["strategy.pseudo_labels=false"]),
+}
+
+
+def _base(out: Path, method: str) -> tuple[Path, str, list[str]]:
+    """Output root, registered strategy and extra overrides of a method or ablation."""
+    if method in ABLATIONS:
+        strategy, extra = ABLATIONS[method]
+        return out / f"ablation-{method}", strategy, extra
+    return out, method, []
+
+
 def run_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
-    return out / scenario / method / f"seed-{seed}"
+    root, strategy, _ = _base(out, method)
+    return root / scenario / strategy / f"seed-{seed}"
 
 
 def overrides(out: Path, scenario: str, method: str, seed: int) -> list[str]:
-    extra = BUDGETS[scenario]
+    root, strategy, extra = _base(out, method)
     return [
         f"scenario={scenario}",
-        f"strategy={method}",
+        f"strategy={strategy}",
         f"seed={seed}",
-        f"output_dir={out}",
+        f"output_dir={root}",
         f"experiment={scenario}",
         *COMMON,
+        *BUDGETS[scenario],
         *extra,
     ]
 
@@ -156,8 +172,10 @@ def table(out: Path, scenarios: list[str], seeds: list[int]) -> str:
             "| wall s/run |"
         )
         rows.append("|---|---|---|---|---|---|---|---|")
-        for method in METHODS:
+        for method in (*METHODS, *ABLATIONS):
             got = list(results(out, scenario, method, seeds).values())
+            if method in ABLATIONS and not got:
+                continue
             cells = [fmt([m[k] for m in got if k in m]) for k in KEYS]
             wall = f"{np.mean([m['wall_s'] for m in got]):.0f}" if got else "—"
             rows.append(f"| {method} | {len(got)} | " + " | ".join(cells) + f" | {wall} |")
@@ -233,7 +251,10 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         "`docs/results/fedossl_notes.md`).\n",
         "## Command\n",
         f"```\n{command}\n```\n",
-        "Regenerate this file from existing runs with `--report-only`.\n",
+        "Regenerate this file from existing runs with `--report-only`. The extra ablation "
+        "rows (`fedossl_no_pseudo` = `fedossl` with `strategy.pseudo_labels=false`: "
+        "calibration `L_clu` without the pseudo-label CE) come from "
+        f"`{command} --only digits_open_world --ablations`.\n",
         "## Protocol\n",
         f"* {ROUNDS} rounds x {LOCAL_EPOCHS} local epochs, all 5 clients every round, "
         f"seeds {', '.join(map(str, seeds))}; each run is "
@@ -274,6 +295,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(BUDGETS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--ablations", action="store_true", help="also run ABLATIONS (after the main runs)"
+    )
     parser.add_argument("--rerun-running", action="store_true")
     parser.add_argument("--doc", default="docs/results/fedossl.md")
     parser.add_argument("--summary", default="docs/results/fedossl_summary.json")
@@ -281,6 +305,8 @@ def main() -> None:
     out = (REPO / args.out).resolve()
     if not args.report_only:
         todo = [(sc, m, s) for sc in args.only for s in args.seeds for m in METHODS]
+        if args.ablations:
+            todo += [(sc, m, s) for sc in args.only for s in args.seeds for m in ABLATIONS]
         t0 = time.perf_counter()
         for job in todo:  # one process at a time (shared CPU)
             print(launch(out, *job, rerun=args.rerun_running), flush=True)
