@@ -2,7 +2,9 @@
 ``strategies.fedossl``).
 
 The local objective of one mini-batch (spec §3), added to the shared training loop as a
-``TrainHooks.loss`` (``y = -1`` marks samples whose label is hidden):
+``TrainHooks.loss`` (``y < 0`` marks samples whose label is hidden; the hidden class ``c``
+is carried as ``-1 - c`` for *measurement only* — the pseudo-label accuracy — and never
+enters a loss):
 
 ``L = CE_m + L_BCE - R + [t >= t_c] w_c L_clu + [t >= t_p] CE_pseudo + s lam_S (L_S1 + L_S2)``
 
@@ -20,9 +22,17 @@ The local objective of one mini-batch (spec §3), added to the shared training l
 Persistent client state (``context.state``):
 
 * ``fedsim.local`` — batch-norm running statistics (never leave the client);
-* ``fedossl.state`` — the memory bank of L2-normalised features (FIFO, ``memory_size``
-  rows, newest first), the last local centroids and the last round's labelled feature
-  sums / counts per class (recomputed every round, kept for inspection);
+* ``fedossl.state`` — the memory bank of L2-normalised features (both views of this
+  round's training forwards, newest ``memory_size`` rows first; emptied at the start of
+  every round unless ``memory_scope=fifo``), the last local centroids and the last
+  round's labelled feature sums / counts per class (kept for inspection);
+
+Logged per round (``train/...``): ``pseudo_passed`` — share of unlabelled sample visits
+whose centroid confidence ``max q`` passes ``pseudo_threshold``; ``pseudo_count`` — how
+many; ``pseudo_acc`` — Hungarian accuracy of their pseudo-labels against the hidden
+labels; ``pseudo_acc_seen`` — share of passing seen-class samples whose pseudo-label is
+their class.  Measured whenever global centroids are present, also in rounds before
+pseudo-labels enter the loss.
 * ``fedsim.optim`` — optimizer state when ``train.persist_optimizer``.
 """
 
@@ -53,13 +63,20 @@ from strategies.fedossl import (
     FedoSSLConfig,
     fedossl_config,
     local_kmeans,
+    pseudo_label_stats,
     suppression_weights,
 )
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "fedossl.state"
-HIDDEN = -1  # label value of samples whose label the client does not know
+
+
+def hide_labels(y: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    """``y`` where labelled, ``-1 - y`` where hidden (negative: the loss never sees it)."""
+    return torch.where(labeled, y, -1 - y)
+
+
 _SETUP_LOCK = threading.Lock()
 
 
@@ -148,12 +165,16 @@ class FedoSSLObjective:
     centroids: torch.Tensor | None  # global centroids (|C| x D), or None
     memory: torch.Tensor  # M x D, newest first
     num_classes: int
+    seen: tuple[int, ...]
     padding: int
     gen: torch.Generator
     labeled_sum: torch.Tensor = field(init=False)
     labeled_count: torch.Tensor = field(init=False)
     parts: dict[str, float] = field(default_factory=dict)
     batches: int = 0
+    pseudo_ids: list[np.ndarray] = field(default_factory=list)
+    pseudo_true: list[np.ndarray] = field(default_factory=list)
+    pseudo_candidates: int = 0
 
     def __post_init__(self) -> None:
         dim = self.memory.shape[1]
@@ -193,19 +214,21 @@ class FedoSSLObjective:
         self._log("entropy", entropy)
 
         cg = self.centroids
-        if cg is not None and c.calibration and self.server_round >= c.calib_start_round:
+        if cg is not None and c.calibration:
             q1 = F.softmax(F.normalize(f1, dim=1) @ cg.T / c.temperature, dim=1)
+            conf, target = q1[unl].detach().max(1)
+            keep = conf > c.pseudo_threshold
+            self._measure(target[keep], y[unl][keep], int(unl.sum()))
+        if cg is not None and c.calibration and self.server_round >= c.calib_start_round:
             q2 = F.softmax(F.normalize(f2, dim=1) @ cg.T / c.temperature, dim=1)
             clu = -(q1 * torch.log(q2[partner].clamp_min(1e-8))).sum(1).mean()
             loss = loss + c.calib_weight * clu
             self._log("calib", clu)
-            if c.pseudo_labels and self.server_round >= c.pseudo_start_round and unl.any():
-                conf, target = q1[unl].detach().max(1)
-                keep = conf > c.pseudo_threshold
-                if keep.any():
-                    pseudo = F.cross_entropy(o1[unl][keep], target[keep])
-                    loss = loss + pseudo
-                    self._log("pseudo", pseudo)
+            active = c.pseudo_labels and self.server_round >= c.pseudo_start_round
+            if active and bool(keep.any()):
+                pseudo = F.cross_entropy(o1[unl][keep], target[keep])
+                loss = loss + pseudo
+                self._log("pseudo", pseudo)
         if c.suppress_weight > 0 and unl.any():
             ls = suppressed_loss(p1[unl], self.weights, self.num_classes) + suppressed_loss(
                 p2[unl], self.weights, self.num_classes
@@ -215,15 +238,32 @@ class FedoSSLObjective:
 
         with torch.no_grad():
             fresh = F.normalize(f1.detach().float(), dim=1).cpu()
-            self.memory = torch.cat([fresh, self.memory])[: c.memory_size]
+            fresh2 = F.normalize(f2.detach().float(), dim=1).cpu()
+            self.memory = torch.cat([fresh2, fresh, self.memory])[: c.memory_size]
             if lab.any():
                 self.labeled_sum.index_add_(0, y[lab].cpu(), fresh[lab.cpu()])
                 self.labeled_count += torch.bincount(y[lab].cpu(), minlength=self.num_classes)
         self.batches += 1
         return loss
 
+    def _measure(self, pseudo: torch.Tensor, hidden: torch.Tensor, candidates: int) -> None:
+        """Record passing pseudo-labels and their hidden classes (``-1 - y``)."""
+        self.pseudo_candidates += candidates
+        if pseudo.numel():
+            self.pseudo_ids.append(pseudo.cpu().numpy())
+            self.pseudo_true.append((-1 - hidden).cpu().numpy())
+
     def metrics(self) -> dict[str, float]:
-        return {f"loss_{k}": v / max(1, self.batches) for k, v in self.parts.items()}
+        out = {f"loss_{k}": v / max(1, self.batches) for k, v in self.parts.items()}
+        if self.pseudo_candidates:
+            ids = np.concatenate(self.pseudo_ids) if self.pseudo_ids else np.zeros(0, np.int64)
+            true = np.concatenate(self.pseudo_true) if self.pseudo_true else ids
+            out["pseudo_candidates"] = float(self.pseudo_candidates)
+            out["pseudo_count"] = float(ids.size)
+            out["pseudo_passed"] = ids.size / self.pseudo_candidates
+            stats = pseudo_label_stats(ids, true, self.seen)
+            out.update({f"pseudo_{k}": v for k, v in stats.items()})
+        return out
 
 
 # --------------------------------------------------------------------------- client
@@ -312,7 +352,8 @@ class FedoSSLClient(Client):
         return float(1.0 - conf.mean()), torch.bincount(pred, minlength=num).float()
 
     def _memory(self, dim: int) -> torch.Tensor:
-        if STATE_KEY in self.state.array_records:
+        """The bank a round starts from: empty (``round``) or last round's (``fifo``)."""
+        if self.fcfg.memory_scope == "fifo" and STATE_KEY in self.state.array_records:
             saved = state_from_arrays(self.state.array_records[STATE_KEY])
             if saved["memory"].shape[1:] == (dim,):
                 return saved["memory"].float()
@@ -325,7 +366,7 @@ class FedoSSLClient(Client):
         lab = (
             data.labeled if data.labeled is not None else torch.ones_like(data.y, dtype=torch.bool)
         )
-        y_train = torch.where(lab, data.y, torch.full_like(data.y, HIDDEN))
+        y_train = hide_labels(data.y, lab)
         model = self.model
         assert isinstance(model, Backbone)
         num = self.env.fed.data.num_classes
@@ -348,6 +389,7 @@ class FedoSSLClient(Client):
                 else torch.from_numpy(down.centroids.copy()).to(self.env.device),
                 self._memory(model.feature_dim),
                 num,
+                self.roles.seen,
                 _crop_padding(f, int(data.x.shape[2])),
                 aug_gen,
             )

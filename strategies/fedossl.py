@@ -31,26 +31,30 @@ used by ``L_S`` and the batch-norm running statistics stay on the client across 
 
 Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLConfig`)
 --------------------------------------------------------------------------------------
-* ``L_S`` is computed but commented out of the loss in every public file (spec §9.1). It is
-  *on* here, as the paper describes it: ``suppress_weight`` 2 per view (the commented
-  coefficient) and ``suppress_sign`` -1 (the CINIC file's sign).  The full text was not
-  available; -1 is the direction that *suppresses* (raises the uncertainty of)
-  frequently predicted classes, whose weight ``beta^(1 - N_c/N_max)`` is close to 1,
-  which is what "suppressed loss ... to alleviate the biased training between locally
-  and globally unseen classes" describes; ``suppress_sign=1`` gives the CIFAR file's
-  sign, ``suppress_weight=0`` the public code's behaviour.  ``N_c`` are dynamic counts of
-  predictions on the client's unlabelled data at the start of the round (CINIC file),
-  not the CIFAR file's hard-coded counts.
+* ``L_S`` is computed but commented out of the loss in every public file (spec §9.1), so
+  the default ``fedossl`` is the public code's objective (``suppress_weight`` 0).  The
+  ablation ``fedossl_ls`` turns it on as the paper describes it: ``suppress_weight`` 2 per
+  view (the commented coefficient) and ``suppress_sign`` -1 (the CINIC file's sign, the
+  direction that *suppresses* (raises the uncertainty of) frequently predicted classes,
+  whose weight ``beta^(1 - N_c/N_max)`` is close to 1); ``suppress_sign=1`` gives the
+  CIFAR file's sign.  ``N_c`` are dynamic counts of predictions on the client's
+  unlabelled data at the start of the round (CINIC file), not the CIFAR file's
+  hard-coded counts.
 * The uncertainty ``u_bar`` of the adaptive margin is computed once per round on the
   client's own unlabelled samples (at most ``uncertainty_samples``), not before every
   local epoch on the shared transductive set.
 * A batch is a uniform random draw of the client's samples (the shared loop), so its
   labelled share is proportional to ``n_l / (n_l + n_u)`` in expectation, not exactly.
   Both views go through one forward pass (batch-norm statistics over both views).
-* The memory bank is filled by training forwards only (the code also writes evaluation
-  features into it, spec §9.6).  Labelled class means are sums of L2-normalised features
-  over the round, averaged on the server weighted by counts (the code averages the
-  clients' means with weights ``1/K``).
+* The memory bank is emptied at the start of every round and filled by this round's
+  training forwards (both views, newest ``memory_size`` rows), so local k-means sees the
+  *current* model's features, as the code's bank (1,024 rows written by every forward,
+  i.e. the two views of the last batch of 512) does.  ``memory_scope=fifo`` keeps the
+  bank across rounds (the earlier behaviour; features of older models).  The code also
+  writes evaluation features into it (spec §9.6); here only training forwards do.
+  Labelled class means are sums of L2-normalised features over the round, averaged on
+  the server weighted by counts (the code averages the clients' running means with
+  weights ``1/K``).
 * Calibration ``L_clu`` starts at round ``calib_start_round`` and pseudo-labels at
   ``pseudo_start_round`` (1-based: the code's ``t >= 5`` and ``t >= 7`` with 0-based t).
 * Default initialisation is from scratch: the SimCLR checkpoints of ORCA cannot be
@@ -65,8 +69,11 @@ Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLCo
 
 Baselines and ablations are registry entries of the same classes with other defaults:
 ``fedossl_orca`` (FedAvg + ORCA's local objective: no ``L_S``, no calibration, no
-pseudo-labels, no clustering), ``fedossl_no_ls`` and ``fedossl_no_calib`` (no ``L_clu``
-and no pseudo-labels, which both come from the global centroids).
+pseudo-labels, no clustering), ``fedossl_ls`` (the public objective + the paper's ``L_S``)
+and ``fedossl_no_calib`` (``fedossl_ls`` without ``L_clu`` and pseudo-labels, which both
+come from the global centroids: ORCA + ``L_S``).  The four are a 2 x 2 design: with or
+without calibration, with or without ``L_S``.  ``fedossl_no_ls`` was the earlier name of
+today's default.
 """
 
 from __future__ import annotations
@@ -89,10 +96,19 @@ from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_seed
 from fedsim.strategy import ServerContext, Strategy
+from strategies.fedossl_math import (  # noqa: F401  (re-exported for the client and tests)
+    align_centroids,
+    global_clustering,
+    local_kmeans,
+    pseudo_label_stats,
+    sinkhorn,
+    suppression_weights,
+)
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("transductive", "heldout")
+MEMORY_SCOPES = ("round", "fifo")
 OPEN_WORLD_KEYS = (
     "acc_seen",
     "acc_unseen",
@@ -110,8 +126,8 @@ class FedoSSLConfig(StrategyConfig):
     """FedoSSL hyper-parameters; defaults are the official code's (spec §6) unless noted."""
 
     name: str = "fedossl"
-    # uncertainty-aware suppressed loss L_S (paper; off in the public code)
-    suppress_weight: float = 2.0  # lambda_S per view (the commented coefficient); 0 = off
+    # uncertainty-aware suppressed loss L_S (paper; commented out in the public code)
+    suppress_weight: float = 0.0  # lambda_S per view; 0 = off (public code), 2 = paper
     suppress_sign: float = -1.0  # -1: suppress frequent classes (CINIC file); +1: CIFAR file
     suppress_beta: float = 0.2  # w_c = beta^(1 - N_c / N_max)
     # calibration against the server's global centroids
@@ -129,6 +145,7 @@ class FedoSSLConfig(StrategyConfig):
     # clustering
     local_centroids: int = 32
     memory_size: int = 1024
+    memory_scope: str = "round"  # round: this round's features only (code) | fifo: across
     kmeans_iters: int = 5
     sk_lambda: float = 25.0
     sk_iters_local: int = 10
@@ -159,18 +176,20 @@ class FedoSSLOrcaConfig(FedoSSLConfig):
 
 
 @dataclass
-class FedoSSLNoLSConfig(FedoSSLConfig):
-    """Ablation: FedoSSL without the suppressed loss (the public code's objective)."""
+class FedoSSLLSConfig(FedoSSLConfig):
+    """Ablation: the public objective + the paper's suppressed loss ``L_S`` (2 per view)."""
 
-    name: str = "fedossl_no_ls"
-    suppress_weight: float = 0.0
+    name: str = "fedossl_ls"
+    suppress_weight: float = 2.0
 
 
 @dataclass
 class FedoSSLNoCalibConfig(FedoSSLConfig):
-    """Ablation: FedoSSL without calibration (no L_clu, no pseudo-labels, no clustering)."""
+    """Ablation: the paper's FedoSSL without calibration (ORCA + L_S: no L_clu, no
+    pseudo-labels, no clustering), so that the four variants are a 2 x 2 design."""
 
     name: str = "fedossl_no_calib"
+    suppress_weight: float = 2.0
     calibration: bool = False
     pseudo_labels: bool = False
 
@@ -199,6 +218,10 @@ def validate_fedossl(cfg: RunConfig) -> None:
     need(
         s.protocol in PROTOCOLS,
         f"strategy.protocol: unknown '{s.protocol}' (allowed: {', '.join(PROTOCOLS)})",
+    )
+    need(
+        s.memory_scope in MEMORY_SCOPES,
+        f"strategy.memory_scope: unknown '{s.memory_scope}' (allowed: {', '.join(MEMORY_SCOPES)})",
     )
     checks = [  # (key, holds, what is allowed)
         ("suppress_sign", s.suppress_sign in (-1.0, 1.0), "-1 or 1"),
@@ -278,176 +301,6 @@ class ClusterPayload:
         return cls(a["local_centroids"], a["labeled_sum"], a["labeled_count"])
 
 
-# --------------------------------------------------------------------------- maths
-
-
-def suppression_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
-    """``w_c = beta^(1 - N_c / N_max)``: 1 for the most predicted class, ``beta`` for unpredicted.
-
-    All ones when nothing was counted.
-    """
-    counts = counts.to(torch.float32)
-    top = float(counts.max()) if counts.numel() else 0.0
-    if top <= 0:
-        return torch.ones_like(counts)
-    return torch.pow(torch.full_like(counts, beta), 1.0 - counts / top)
-
-
-@torch.no_grad()
-def sinkhorn(scores: torch.Tensor, lam: float = 25.0, iters: int = 100) -> torch.Tensor:
-    """Balanced soft assignments of ``N`` samples to ``K`` clusters (Orchestra's ``sknopp``).
-
-    Starts from ``softmax(lam * scores)`` and alternately rescales clusters (each to total
-    mass ``N / K``) and samples (each row to sum 1); stops early when the sample scaling
-    changes by less than 1 %.
-
-    Parameters
-    ----------
-    scores : torch.Tensor
-        ``N x K`` similarities.
-    lam : float
-        Inverse temperature of the initial softmax.
-    iters : int
-        Maximum number of scaling rounds.
-
-    Returns
-    -------
-    torch.Tensor
-        ``N x K``, rows sum to 1, columns to about ``N / K``.
-    """
-    n, k = scores.shape
-    # NumPy float64: the loop is thousands of tiny products per global-clustering call,
-    # where torch's per-op overhead dominates.
-    logits = scores.detach().double().cpu().numpy() * lam
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs = (probs / probs.sum(axis=1, keepdims=True)).T  # K x N
-    r = np.full(k, 1.0 / k)
-    c = np.full(n, 1.0 / n)
-    for it in range(iters):
-        r = (1.0 / k) / np.maximum(probs @ c, 1e-300)
-        c_new = (1.0 / n) / np.maximum(r @ probs, 1e-300)
-        err = float(np.nansum(np.abs(c / c_new - 1))) if it % 10 == 0 else 1.0
-        c = c_new
-        if err < 1e-2:
-            break
-    out = (probs * c[None, :]).T * r[None, :] * n
-    return torch.from_numpy(out).to(dtype=torch.float32, device=scores.device)
-
-
-@torch.no_grad()
-def local_kmeans(
-    bank: torch.Tensor,
-    k: int,
-    iters: int,
-    gen: torch.Generator,
-    lam: float = 25.0,
-    sk_iters: int = 10,
-) -> torch.Tensor:
-    """SK-balanced spherical k-means of the memory bank (Orchestra's ``local_clustering``).
-
-    Centroids start from ``k`` random rows (with replacement if the bank is smaller), are
-    reassigned ``iters`` times by :func:`sinkhorn`; an empty cluster takes a random row.
-    Returns ``k x D`` L2-normalised centroids.
-    """
-    z = F.normalize(bank.float(), dim=1)
-    n = z.shape[0]
-    replace = n < k
-    pick = (
-        torch.randint(n, (k,), generator=gen) if replace else torch.randperm(n, generator=gen)[:k]
-    )
-    cent = z[pick].clone()
-    for _ in range(iters):
-        owner = sinkhorn(z @ cent.T, lam, sk_iters).argmax(1)
-        for j in range(k):
-            members = z[owner == j]
-            if members.shape[0] == 0:
-                members = z[torch.randint(n, (1,), generator=gen)]
-            cent[j] = F.normalize(members.mean(0), dim=0)
-    return cent
-
-
-def global_clustering(
-    centroids: torch.Tensor,
-    z: torch.Tensor,
-    steps: int,
-    lr: float = 0.01,
-    temperature: float = 0.1,
-    lam: float = 25.0,
-    sk_iters: int = 100,
-) -> tuple[torch.Tensor, float]:
-    """Fit global centroids to the clients' local centroids (Orchestra's ``global_clustering``).
-
-    Each step: targets ``A = sinkhorn(Cg Z^T)``, predictions ``P = softmax(Cg n(Z) / T)``,
-    loss ``-mean cos(A_i, P_i)``, one SGD step (lr, momentum 0.9, weight decay 1e-4), rows
-    of ``Cg`` re-normalised.  Deterministic.
-
-    Returns
-    -------
-    tuple
-        The new ``|C| x D`` centroids (rows unit length) and the mean loss over the steps.
-    """
-    cg = torch.nn.Parameter(F.normalize(centroids.detach().float().clone(), dim=1))
-    zn = F.normalize(z.detach().float(), dim=1)
-    opt = torch.optim.SGD([cg], lr=lr, momentum=0.9, weight_decay=1e-4)
-    total = 0.0
-    for _ in range(steps):
-        with torch.no_grad():
-            targets = sinkhorn(z.float() @ cg.T, lam, sk_iters)
-        opt.zero_grad()
-        probs = F.softmax(zn @ cg.T / temperature, dim=1)
-        loss = -F.cosine_similarity(targets, probs, dim=-1).mean()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            cg.copy_(F.normalize(cg, dim=1))
-        total += float(loss.detach())
-    return cg.detach(), total / max(1, steps)
-
-
-def align_centroids(
-    centroids: np.ndarray, labeled_means: np.ndarray, seen: Iterable[int]
-) -> np.ndarray:
-    """Reorder global centroids so that row ``c`` of every seen class ``c`` is its cluster.
-
-    For each seen class in increasing order, the not-yet-taken centroid most cosine-similar
-    to the class's mean labelled feature goes to row ``c`` (the code takes the 2nd best when
-    the best is taken; greedily skipping taken ones generalises that).  The remaining
-    centroids fill the other rows in index order.  Seen classes without labelled features
-    (all-zero mean) are treated as unseen rows.
-
-    Parameters
-    ----------
-    centroids : numpy.ndarray
-        ``|C| x D`` global centroids.
-    labeled_means : numpy.ndarray
-        ``|C| x D``; row ``c`` is the mean labelled feature of class ``c``.
-    seen : iterable of int
-        The seen classes.
-
-    Returns
-    -------
-    numpy.ndarray
-        The permuted ``|C| x D`` centroids.
-    """
-    num = centroids.shape[0]
-    cn = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    mn = labeled_means / np.maximum(np.linalg.norm(labeled_means, axis=1, keepdims=True), 1e-12)
-    row_of: dict[int, int] = {}
-    taken: set[int] = set()
-    for c in sorted(int(s) for s in seen):
-        if not np.any(labeled_means[c]):
-            continue
-        for j in np.argsort(-(cn @ mn[c]), kind="stable"):
-            if int(j) not in taken:
-                row_of[c] = int(j)
-                taken.add(int(j))
-                break
-    rest = iter(j for j in range(num) if j not in taken)
-    order = [row_of[r] if r in row_of else next(rest) for r in range(num)]
-    return centroids[order]
-
-
 def load_checkpoint_arrays(
     path: str, arrays: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -496,6 +349,7 @@ class FedoSSL(Strategy):
         self.fcfg = fedossl_config(ctx.cfg)
         self.centroids: np.ndarray | None = None
         self.cluster_loss = float("nan")
+        self.pseudo: dict[str, float] = {}
         self._initialised = False
 
     def configure_train(
@@ -517,6 +371,7 @@ class FedoSSL(Strategy):
         """Equal-weight average (code: ``1/K``), then global clustering and alignment."""
         updates = [numpy_from_arrays(res.arrays) for _, res in results]
         merged = weighted_average(updates, [1.0] * len(updates))
+        self.pseudo = _pooled_pseudo([res.metrics for _, res in results])
         if self.fcfg.calibration:
             payloads = [ClusterPayload.from_extra(res.extra) for _, res in results]
             usable = [p for p in payloads if p is not None]
@@ -550,7 +405,7 @@ class FedoSSL(Strategy):
     def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         if not self.fcfg.calibration or self.centroids is None:
             return {}
-        return {"fedossl/global_cluster_loss": self.cluster_loss}
+        return {"fedossl/global_cluster_loss": self.cluster_loss, **self.pseudo}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {} if self.centroids is None else {"centroids": self.centroids}
@@ -577,6 +432,24 @@ class FedoSSL(Strategy):
             if vals:
                 out[key] = float(np.mean(vals))
         return MetricRecord(out) if out else None  # type: ignore[arg-type]
+
+
+def _pooled_pseudo(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Pseudo-label figures pooled over the clients of a round (sums, not per-client means).
+
+    ``fedossl/pseudo_acc``: correct / passed over all clients (Hungarian per client);
+    ``fedossl/pseudo_passed``: passed / candidate unlabelled sample visits;
+    ``fedossl/pseudo_count``: passed sample visits, summed over clients.
+    """
+    passed = sum(m.get("pseudo_count", 0.0) for m in metrics)
+    total = sum(m.get("pseudo_candidates", 0.0) for m in metrics)
+    if total <= 0:
+        return {}
+    out = {"fedossl/pseudo_passed": passed / total, "fedossl/pseudo_count": passed}
+    if passed > 0:
+        correct = sum(m.get("pseudo_acc", 0.0) * m.get("pseudo_count", 0.0) for m in metrics)
+        out["fedossl/pseudo_acc"] = correct / passed
+    return out
 
 
 def _metrics_of(content: RecordDict) -> dict[str, float]:

@@ -12,7 +12,9 @@ from recording import RecordingGrid
 
 from clients.fedossl import (
     STATE_KEY,
+    FedoSSLObjective,
     augment,
+    hide_labels,
     margin_cross_entropy,
     pair_partners,
     suppressed_loss,
@@ -24,9 +26,11 @@ from fedsim.server import run_experiment
 from strategies.fedossl import (
     GLOBAL_RECORD,
     LOCAL_RECORD,
+    FedoSSLConfig,
     align_centroids,
     global_clustering,
     local_kmeans,
+    pseudo_label_stats,
     sinkhorn,
     suppression_weights,
     validate_fedossl,
@@ -167,16 +171,89 @@ def test_registry_variants_switch_the_right_terms() -> None:
 
     REGISTRY = algorithms()
 
-    full, orca, no_ls, no_calib = (
-        REGISTRY[n].config()
-        for n in ("fedossl", "fedossl_orca", "fedossl_no_ls", "fedossl_no_calib")
+    public, with_ls, orca, no_calib = (
+        REGISTRY[n].config() for n in ("fedossl", "fedossl_ls", "fedossl_orca", "fedossl_no_calib")
     )
-    assert full.suppress_weight > 0 and full.calibration and full.pseudo_labels
+    # the default is the public code's objective: L_S is commented out there
+    assert public.suppress_weight == 0 and public.calibration and public.pseudo_labels
+    assert with_ls.suppress_weight == 2.0 and with_ls.suppress_sign == -1.0
+    assert with_ls.calibration and with_ls.pseudo_labels
     assert orca.suppress_weight == 0 and not orca.calibration and not orca.pseudo_labels
-    assert no_ls.suppress_weight == 0 and no_ls.calibration
-    assert no_calib.suppress_weight > 0 and not no_calib.calibration
+    assert no_calib.suppress_weight == 2.0 and not no_calib.calibration  # ORCA + L_S
+    assert not no_calib.pseudo_labels
     names = {REGISTRY[n].config().name for n in REGISTRY if n.startswith("fedossl")}
-    assert names == {"fedossl", "fedossl_orca", "fedossl_no_ls", "fedossl_no_calib"}
+    assert names == {"fedossl", "fedossl_ls", "fedossl_orca", "fedossl_no_calib"}
+    assert {public.memory_scope, with_ls.memory_scope} == {"round"}
+
+
+def _objective(server_round: int, memory: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    from fedsim.backbones import NormedLinear, replace_head
+    from fedsim.config import BackboneConfig
+    from fedsim.modelzoo import initial_model
+
+    model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
+    replace_head(model, NormedLinear(model.feature_dim, 10))
+    dim = model.feature_dim
+    gen = torch.Generator().manual_seed(0)
+    cg = F.normalize(torch.randn(10, dim, generator=gen), dim=1)
+    obj = FedoSSLObjective(
+        FedoSSLConfig(pseudo_threshold=1e-3, hflip=False),
+        server_round,
+        0.1,
+        torch.ones(10),
+        cg,
+        torch.zeros(0, dim) if memory is None else memory,
+        10,
+        (0, 1, 2, 3, 4, 5),
+        0,
+        gen,
+    )
+    return model, obj
+
+
+def test_official_loss_schedule_calibration_from_round_6_pseudo_from_round_8() -> None:
+    """The code's ``global_round > 4`` / ``> 6`` (0-based) are rounds 6 and 8 here (1-based)."""
+    cfg = FedoSSLConfig()
+    assert (cfg.calib_start_round, cfg.pseudo_start_round) == (6, 8)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = hide_labels(torch.arange(16) % 10, torch.arange(16) < 6)
+    terms = {}
+    for rnd in (5, 6, 7, 8):
+        model, obj = _objective(rnd)
+        obj(model, x, y)
+        terms[rnd] = set(obj.parts)
+    assert "calib" not in terms[5] and "calib" in terms[6]
+    assert "pseudo" not in terms[7] and "pseudo" in terms[8]
+    assert "suppress" not in terms[8]  # default: the public objective, no L_S
+
+
+def test_memory_bank_holds_both_views_of_this_round_only() -> None:
+    model, obj = _objective(2)
+    dim = model.feature_dim
+    x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = hide_labels(torch.arange(12) % 10, torch.zeros(12, dtype=torch.bool))
+    obj(model, x, y)
+    obj(model, x, y)
+    assert obj.memory.shape == (2 * 2 * 12, dim)  # two batches x two views
+    assert torch.allclose(obj.memory.norm(dim=1), torch.ones(48), atol=1e-5)
+
+
+def test_hidden_labels_are_negative_and_recoverable_for_measurement_only() -> None:
+    y = torch.tensor([0, 3, 7, 9])
+    hidden = hide_labels(y, torch.tensor([True, False, False, True]))
+    assert hidden.tolist() == [0, -4, -8, 9]
+    assert (-1 - hidden[1:3]).tolist() == [3, 7]
+
+
+def test_pseudo_label_stats_hungarian_and_identity_on_seen() -> None:
+    pseudo = np.array([0, 0, 1, 7, 7, 8])
+    true = np.array([0, 0, 2, 9, 9, 9])
+    st = pseudo_label_stats(pseudo, true, seen=range(6))
+    # Hungarian: 0->0 (2), 7->9 (2), 1->2 (1); 8 has no class left -> 5 / 6
+    assert st["acc"] == pytest.approx(5 / 6)
+    assert st["acc_seen"] == pytest.approx(2 / 3)  # 1 is not 2 on the seen rows
+    assert st["seen_share"] == pytest.approx(0.5)
+    assert pseudo_label_stats(np.zeros(0), np.zeros(0), seen=range(6)) == {}
 
 
 def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
@@ -184,7 +261,7 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     tmp_path: Path,
 ) -> None:
     from fedsim.backbones import bn_running_stat_keys
-    from fedsim.client import LOCAL_KEY
+    from fedsim.client import LOCAL_KEY, OPTIM_KEY
     from fedsim.modelzoo import initial_model
 
     cfg = fast_cfg(
@@ -195,9 +272,12 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
         "strategy.pseudo_start_round=2",
         "strategy.global_steps=20",
         "strategy.hflip=false",
-        "strategy.memory_size=64",
+        "strategy.memory_size=4096",
         "strategy.local_centroids=8",
         "train.batch_size=64",
+        "train.local_epochs=1",
+        "train.persist_optimizer=true",
+        "train.momentum=0.9",
         "runtime.threads=1",
     )
     grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
@@ -223,8 +303,16 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     assert not (stats & wire) and "memory" not in wire
     state = grid.context(grid.node_map()[0]).state
     assert STATE_KEY in state.array_records and LOCAL_KEY in state.array_records
-    assert state.array_records[STATE_KEY]["memory"].numpy().shape[0] == 64
+    # each client's SGD momentum is kept across rounds (the code keeps one optimizer each)
+    assert any(k.endswith("momentum_buffer") for k in state.array_records[OPTIM_KEY])
+    # the bank holds both views of this round's one epoch only, not last round's features
+    from fedsim.federation import build_federation
+
+    n0 = len(build_federation(cfg.scenario, cfg.seed).client(0).y)
+    assert state.array_records[STATE_KEY]["memory"].numpy().shape[0] == 2 * n0
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    for key in ("train/pseudo_passed", "train/pseudo_count", "fedossl/pseudo_passed"):
+        assert f'"{key}"' in metrics
     for key in ("acc_seen", "acc_unseen", "acc_all", "acc_unseen_local", "acc_unseen_global"):
         assert f'"eval/{key}"' in metrics
 
