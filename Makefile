@@ -23,9 +23,9 @@ demo: setup
 	$(VENV)/bin/fedsim run overwrite=true
 
 check: setup
-	$(VENV)/bin/ruff check fedsim strategies clients tests bench scripts
-	$(VENV)/bin/ruff format --check fedsim strategies clients
-	$(VENV)/bin/mypy fedsim strategies clients
+	$(VENV)/bin/ruff check fedsim strategies clients protocols tests bench scripts
+	$(VENV)/bin/ruff format --check fedsim strategies clients protocols
+	$(VENV)/bin/mypy fedsim strategies clients protocols
 	$(VENV)/bin/lint-imports
 
 test: check

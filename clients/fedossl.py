@@ -17,7 +17,7 @@ enters a loss):
   view 1 and those of the partner's view 2; ``CE_pseudo``: CE towards ``argmax q`` on
   unlabelled samples with ``max q`` above the threshold;
 * ``L_S``: ``w_yhat (1 - p_yhat) / |C|`` on unlabelled samples, per view, with
-  ``w_c = beta^(1 - N_c / N_max)`` (:func:`strategies.fedossl.suppression_weights`).
+  ``w_c = beta^(1 - N_c / N_max)`` (:func:`protocols.fedossl_math.suppression_weights`).
 
 Persistent client state (``context.state``):
 
@@ -56,16 +56,14 @@ from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_rng, torch_generator
 from fedsim.training import TrainHooks, train_local
-from strategies.fedossl import (
+from protocols.fedossl import (
     LOCAL_RECORD,
     CentroidsPayload,
     ClusterPayload,
     FedoSSLConfig,
     fedossl_config,
-    local_kmeans,
-    pseudo_label_stats,
-    suppression_weights,
 )
+from protocols.fedossl_math import local_kmeans, pseudo_label_stats, suppression_weights
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from fedsim.payloads import TrainIns, TrainRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator
 from fedsim.training import TrainHooks
-from strategies.fraug import LAMBDA_KEY, RHO_KEY, FRAugConfig, GeneratorPayload
+from protocols.fraug import LAMBDA_KEY, RHO_KEY, FRAugConfig, GeneratorPayload
 
 RTNET_KEY = "fraug.rtnet"
 PROTOTYPES_KEY = "fraug.prototypes"

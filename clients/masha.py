@@ -26,9 +26,8 @@ from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.problems import VIProblem, client_problem
 from fedsim.records import arrays_from_numpy
 from fedsim.seeding import derive_rng, torch_generator
-from strategies.masha import (
-    VARIANTS,
-    MashaIns,
+from protocols.masha import VARIANTS, MashaIns
+from protocols.masha_math import (
     anchor,
     broadcast_channel,
     error_feedback,

@@ -165,7 +165,7 @@ def make_bilinear(cfg: ProblemConfig, num_clients: int, seed: int) -> BilinearPr
 
 def similarity_stats(problem: BilinearProblem) -> dict[str, float]:
     """``L``, ``mu``, mean and max ``L_m`` and ``rho = mean_m L_m^2 / L^2`` of a problem
-    (the quantities of the MASHA1 rate, ``strategies.masha_math.predicted_up_ratio``)."""
+    (the quantities of the MASHA1 rate, ``protocols.masha_math.predicted_up_ratio``)."""
     L, Lm = problem.lipschitz()
     return {
         "L": L,

@@ -7,12 +7,12 @@ compression, d = 100 (z in R^200), lam = mu = 1, L / mu = 10 (``problem.conditio
 (seed = problem instance and random streams), target relative distance 1e-6.
 
 Step sizes: for every (method, M, s, compressor, ratio, direction) the constant ``c`` of the
-theory step size (``strategies.masha_math.default_gamma``) is tuned on seed 0 on one fine
+theory step size (``protocols.masha_math.default_gamma``) is tuned on seed 0 on one fine
 grid ``c = 2^(j/4)`` shared by all methods: walk down in factors of 2 from 32 until a value
 reaches the target, then try the three fine values above it (largest first); the largest
 value that reaches the target is kept and the other seeds run with it.
 
-Runs use ``strategies.masha_math.simulate`` (the replay of the round protocol vectorised
+Runs use ``protocols.masha_math.simulate`` (the replay of the round protocol vectorised
 over devices; ``tests/test_masha.py`` checks it against ``replay``, which is checked against
 fedsim's own round loop).  Resumable: every finished (setting, seed) is a line of
 ``--log``; complete lines are skipped on a re-run.
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from fedsim.config import ChannelSideConfig, ProblemConfig  # noqa: E402
 from fedsim.problems import BilinearVI, make_bilinear, similarity_stats  # noqa: E402
-from strategies.masha_math import (  # noqa: E402
+from protocols.masha_math import (  # noqa: E402
     default_gamma,
     simulate,
 )

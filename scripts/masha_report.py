@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import ChannelSideConfig
-from strategies.masha_math import predicted_up_ratio
+from protocols.masha_math import predicted_up_ratio
 
 D = 200  # z = (x, y) in R^(2 * 100)
 

@@ -112,10 +112,11 @@ def run_one(overrides: list[str], run_dir: Path, target: float) -> tuple[list[di
 
 
 def replayed(overrides: list[str], c: float, rounds: int, target: float) -> Result:
-    """One replayed run (``strategies.masha.replay``) with ``strategy.gamma_c = c``."""
+    """One replayed run (``protocols.masha_math.replay``) with ``strategy.gamma_c = c``."""
     from fedsim.channels import make_channel
     from fedsim.problems import server_problem
-    from strategies.masha import VARIANTS, default_gamma, default_tau, replay
+    from protocols.masha import VARIANTS
+    from protocols.masha_math import default_gamma, default_tau, replay
 
     cfg = compose(overrides)
     variant = VARIANTS[cfg.strategy.name]

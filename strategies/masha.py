@@ -53,139 +53,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from fedsim.channels import Channel, IdentityChannel, make_channel
-from fedsim.config import StrategyConfig
 from fedsim.errors import ConfigError
-from fedsim.payloads import Scalar, TrainIns, TrainRes
+from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
 from fedsim.strategy import ServerContext, Strategy, messages_to
-from strategies.masha_math import (  # noqa: F401  (re-exported: clients, tests, scripts)
+from protocols.masha import (
+    VARIANTS,
+    MashaConfig,
+    MashaIns,
+)
+from protocols.masha_math import (
     anchor,
-    beta_of,
     broadcast_channel,
     default_gamma,
     default_tau,
-    error_feedback,
-    half_step,
     masha1_update,
     masha2_update,
-    replay,
-    variance_of,
 )
 
 log = logging.getLogger(__name__)
 
 Prox = Callable[[np.ndarray], np.ndarray]
-
-# --------------------------------------------------------------------------- configs
-
-
-@dataclass
-class MashaConfig(StrategyConfig):
-    """MASHA1 (unbiased compressors, e.g. ``channel.up=randk``)."""
-
-    name: str = "masha1"
-    solves_problems: ClassVar[bool] = True  # it solves scenario.problem (no backbone)
-    gamma: float = 0.0  # step size; 0 = the default of the module docstring (bilinear only)
-    # c in the default step size: tuned values of docs/results/masha.md that reach 1e-6 at
-    # 5% on scenario masha_bilinear (the theory's c = 0.5 is far too conservative)
-    gamma_c: float = 2.0
-    tau: float = -1.0  # P(no sync) per iteration; < 0 = 1 - 1/beta of the uplink channel
-    epsilon: float = 0.3  # adversarial problem: L-inf radius of the shared perturbation
-    batch_size: int = 32  # adversarial problem: mini-batch of a step round (0 = full data)
-
-
-@dataclass
-class Masha2Config(MashaConfig):
-    """MASHA2 (contractive compressors + error feedback, e.g. ``channel.up=topk``)."""
-
-    name: str = "masha2"
-    gamma_c: float = 8.0
-
-
-@dataclass
-class ExtragradientConfig(MashaConfig):
-    """Distributed extragradient (MASHA1 with ``tau = 0``); dense with the identity channel."""
-
-    name: str = "eg"
-    tau: float = 0.0
-    gamma_c: float = 1.0
-
-
-@dataclass
-class NaiveEGConfig(MashaConfig):
-    """Extragradient that compresses the operators themselves (no reference point)."""
-
-    name: str = "naive_eg"
-    gamma_c: float = 0.5
-
-
-VARIANTS = {"masha1": "masha1", "masha2": "masha2", "eg": "masha1", "naive_eg": "naive"}
-
-# --------------------------------------------------------------------------- wire payload
-
-PHASE_KEY = "masha-phase"  # what the device computes: sync | step | g | h
-COMPUTE_KEY = "masha-compute"  # this device is sampled in a step round
-APPLY_KEY = "masha-apply"  # how to apply the broadcast: none | step | g | h
-SETW_KEY = "masha-set-w"  # b of the previous step round: w <- z
-GAMMA_KEY = "masha-gamma"
-TAU_KEY = "masha-tau"
-BCAST = "masha.broadcast"  # the previous step round's aggregate (channel.down payload)
-FW = "masha.fw"  # dense F(w) after a sync round
-
-
-@dataclass(frozen=True)
-class MashaIns:
-    """Server -> device: the previous round's outcome and this round's task."""
-
-    server_round: int
-    phase: str
-    compute: bool
-    apply: str
-    set_w: bool
-    gamma: float
-    tau: float
-    broadcast: ArrayRecord | None = None
-    fw: ArrayRecord | None = None
-
-    def to_ins(self) -> TrainIns:
-        config: dict[str, Scalar] = {
-            PHASE_KEY: self.phase,
-            COMPUTE_KEY: self.compute,
-            APPLY_KEY: self.apply,
-            SETW_KEY: self.set_w,
-            GAMMA_KEY: self.gamma,
-            TAU_KEY: self.tau,
-        }
-        extra: dict[str, ArrayRecord] = {}
-        if self.broadcast is not None:
-            extra[BCAST] = self.broadcast
-        if self.fw is not None:
-            extra[FW] = self.fw
-        return TrainIns(ArrayRecord(), self.server_round, config, extra)
-
-    @classmethod
-    def from_ins(cls, ins: TrainIns) -> MashaIns:
-        c = ins.config
-        return cls(
-            ins.server_round,
-            str(c[PHASE_KEY]),
-            bool(c[COMPUTE_KEY]),
-            str(c[APPLY_KEY]),
-            bool(c[SETW_KEY]),
-            float(c[GAMMA_KEY]),
-            float(c[TAU_KEY]),
-            ins.extra.get(BCAST),
-            ins.extra.get(FW),
-        )
-
 
 # --------------------------------------------------------------------------- server
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 from fedsim.registry import AlgorithmSpec
 from protocols.fedavg import FedAvgConfig
 from protocols.fedbn import FedBNConfig
+from protocols.fedossl import (
+    FedoSSLConfig,
+    FedoSSLLSConfig,
+    FedoSSLNoCalibConfig,
+    FedoSSLOrcaConfig,
+)
 from protocols.fedprox import FedProxConfig
 from protocols.flower import (
     BulyanConfig,
@@ -23,15 +29,9 @@ from protocols.flower import (
     MultiKrumConfig,
     QFedAvgConfig,
 )
+from protocols.fraug import FRAugConfig
+from protocols.masha import ExtragradientConfig, Masha2Config, MashaConfig, NaiveEGConfig
 from protocols.scaffold import ScaffoldConfig
-from strategies.fedossl import (
-    FedoSSLConfig,
-    FedoSSLLSConfig,
-    FedoSSLNoCalibConfig,
-    FedoSSLOrcaConfig,
-)
-from strategies.fraug import FRAugConfig
-from strategies.masha import ExtragradientConfig, Masha2Config, MashaConfig, NaiveEGConfig
 
 FEDAVG = AlgorithmSpec(FedAvgConfig, "strategies.fedavg:FedAvg", summary="federated averaging")
 FEDPROX = AlgorithmSpec(

@@ -23,17 +23,14 @@ from fedsim.app import CONFIG_KEY, make_client_app
 from fedsim.conf import to_json
 from fedsim.errors import ConfigError
 from fedsim.server import run_experiment
-from strategies.fedossl import (
-    GLOBAL_RECORD,
-    LOCAL_RECORD,
-    FedoSSLConfig,
+from protocols.fedossl import GLOBAL_RECORD, LOCAL_RECORD, FedoSSLConfig, validate_fedossl
+from protocols.fedossl_math import (
     align_centroids,
     global_clustering,
     local_kmeans,
     pseudo_label_stats,
     sinkhorn,
     suppression_weights,
-    validate_fedossl,
 )
 
 # ------------------------------------------------------------------ suppressed loss
@@ -157,9 +154,10 @@ def test_alignment_takes_the_next_best_when_the_best_is_taken() -> None:
 
 
 def test_fedossl_needs_an_open_world_scenario(fast_cfg) -> None:  # type: ignore[no-untyped-def]
-    cfg = fast_cfg("strategy=fedossl")
     with pytest.raises(ConfigError, match=r"scenario\.open_world\.enabled"):
-        validate_fedossl(cfg)
+        fast_cfg("strategy=fedossl")  # refused at load, before any run directory exists
+    cfg = fast_cfg("strategy=fedavg")
+    cfg.strategy = FedoSSLConfig()
     cfg.scenario.open_world.enabled = True
     cfg.strategy.protocol = "x"
     with pytest.raises(ConfigError, match=r"strategy\.protocol: unknown 'x'"):

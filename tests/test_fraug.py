@@ -32,7 +32,7 @@ from fedsim.errors import ConfigError
 from fedsim.modelzoo import initial_model
 from fedsim.records import numpy_from_arrays
 from fedsim.runner import execute
-from strategies.fraug import (
+from protocols.fraug import (
     GENERATOR_RECORD,
     FRAugConfig,
     bn_module_keys,

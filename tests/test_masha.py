@@ -15,7 +15,7 @@ import torch
 from fedsim.channels import IdentityChannel, RandKChannel, TopKChannel, make_channel
 from fedsim.config import ProblemConfig
 from fedsim.problems import AdversarialProblem, BilinearVI, make_bilinear, relative_distance
-from strategies.masha import (
+from protocols.masha_math import (
     anchor,
     error_feedback,
     half_step,
@@ -298,7 +298,7 @@ def test_scenario_rounds_is_the_default_and_the_command_line_wins() -> None:
 
 def test_predicted_ratio_formula() -> None:
     from fedsim.config import ChannelSideConfig
-    from strategies.masha_math import predicted_up_ratio
+    from protocols.masha_math import predicted_up_ratio
 
     up, dense = ChannelSideConfig(name="randk", ratio=0.25), ChannelSideConfig()
     # ideal-bytes form: sqrt(p + (1 - p) rho / M) when not capped; RandK sends 4k + 8 bytes
@@ -338,7 +338,7 @@ def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_p
 
 def test_vectorised_simulation_agrees_with_the_replay(fast_cfg) -> None:
     from fedsim.problems import server_problem
-    from strategies.masha_math import default_gamma, default_tau, simulate
+    from protocols.masha_math import default_gamma, default_tau, simulate
 
     for strategy, ch, bi in (("masha2", "topk", False), ("masha2", "topk", True),
                              ("eg", "identity", False), ("masha1", "randk", False)):  # fmt: skip
@@ -381,7 +381,8 @@ def test_readme_masha_command_reaches_1e6_replayed(command: str) -> None:
     """Cheap: the command's configuration through the replay (checked against fedsim)."""
     from fedsim.conf import compose
     from fedsim.problems import server_problem
-    from strategies.masha import VARIANTS, default_gamma, default_tau
+    from protocols.masha import VARIANTS
+    from protocols.masha_math import default_gamma, default_tau
 
     cfg = compose(command.split()[2:])
     variant = VARIANTS[cfg.strategy.name]

@@ -26,8 +26,10 @@ class MedianConfig(StrategyConfig):
 class Median(Strategy):
     def aggregate_arrays(self, results):  # type: ignore[no-untyped-def]
         updates = [numpy_from_arrays(res.arrays) for _, res in results]
-        return {k: np.median([u[k] for u in updates], axis=0).astype(updates[0][k].dtype)
-                for k in updates[0]}
+        return {
+            k: np.median([u[k] for u in updates], axis=0).astype(updates[0][k].dtype)
+            for k in updates[0]
+        }
 
 
 SPEC = AlgorithmSpec(MedianConfig, "fedsim_median_plugin:Median", summary="coordinate median")
