@@ -166,9 +166,11 @@ def cmd_run(args: list[str]) -> int:
         final = record.get("final", {})
         acc = final.get("eval/acc")
         gacc = final.get("eval/global_acc")
+        dist = final.get("masha/rel_dist")  # variational-inequality problems
         bits = [
             f"eval/acc={acc:.4f}" if acc is not None else "",
             f"eval/global_acc={gacc:.4f}" if gacc is not None else "",
+            f"masha/rel_dist={dist:.3g}" if dist is not None else "",
         ]
         what = f"{cfg.strategy.name} on {cfg.scenario.name} (seed {cfg.seed})"
         print(f"fedsim: {what}: {' '.join(b for b in bits if b)}")

@@ -403,7 +403,11 @@ def run_experiment(
     finally:
         _restore_handlers(previous)
         summary = {
-            k: v for k, v in last.items() if k in HPARAM_METRICS or k.startswith("comm/bytes_")
+            k: v
+            for k, v in last.items()
+            if k in HPARAM_METRICS
+            or k.startswith(("comm/bytes_", "eval/"))
+            or k == "masha/rel_dist"
         }
         summary["rounds"] = float(cfg.rounds)
         summary["wall_s"] = time.perf_counter() - t_run

@@ -137,6 +137,13 @@ class Masha(Strategy):
                     f"{cfg.scenario.problem.kind} (no Lipschitz constant to derive it from)"
                 )
             self.gamma = default_gamma(self.variant, cfg, self.tau, lips[0], lips[1], scfg.gamma_c)
+            # compression only adds variance: a derived step never goes past extragradient's
+            # stability edge 1/L (the tuned gamma_c of a compressed setting would otherwise
+            # diverge on a lossless channel, e.g. masha2 with channel.up=identity)
+            if self.gamma > 1.0 / lips[0]:
+                log.info("%s: derived gamma %.4g capped at 1/L = %.4g", scfg.name, self.gamma,
+                         1.0 / lips[0])  # fmt: skip
+                self.gamma = 1.0 / lips[0]
         z0 = self.problem.z0()
         zeros = np.zeros_like(z0)
         self.st = ViState(z0.copy(), z0.copy(), zeros.copy(), z0.copy(), zeros.copy())

@@ -326,6 +326,18 @@ def test_load_sklearn_digits_scales_0_16_to_0_255() -> None:
     assert x.max() == 255
 
 
+def test_bundled_digits_file_equals_scikit_learns_loader() -> None:
+    from sklearn.datasets import load_digits
+
+    from fedsim.loaders import _bundled_digits
+
+    table = _bundled_digits()
+    assert table is not None, "scikit-learn's digits.csv.gz was not found"
+    d = load_digits()
+    np.testing.assert_array_equal(table[:, :64], d.data)
+    np.testing.assert_array_equal(table[:, 64].astype(np.int64), d.target)
+
+
 def test_load_sklearn_digits_matches_shared_copy() -> None:
     path = shared_file("sklearn_digits/digits.npz")
     with np.load(path) as raw:
