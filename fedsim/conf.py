@@ -9,7 +9,9 @@ too: the file is registered under its stem.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -185,6 +187,31 @@ def _share_config_store() -> None:
         ConfigStore.__deepcopy__ = _share_store  # type: ignore[attr-defined]
 
 
+def _same(x: Any) -> Any:
+    return x
+
+
+#: (group, name) -> what was stored there by this process (skip unchanged re-registration)
+_STORED: dict[tuple[str | None, str], Any] = {}
+
+
+def _store(
+    cs: ConfigStore, group: str | None, name: str, key: Any, node: Callable[[], Any]
+) -> None:
+    """Store ``node()`` under ``group/name`` unless the same ``key`` is stored there already.
+
+    ``compose`` runs once per job, test or ``fedsim.run`` call; re-reading and re-checking
+    every scenario file each time cost about a second.  A scenario file's key is its path,
+    modification time and size, so an edited file is read again.
+    """
+    here = cs.repo if group is None else cs.repo.get(group, {})
+    if _STORED.get((group, name)) == key and f"{name}.yaml" in here:
+        return
+    _STORED.pop((group, name), None)
+    cs.store(group=group, name=name, node=node())
+    _STORED[(group, name)] = key
+
+
 def register_configs(scenario_paths: dict[str, Path] | None = None) -> dict[str, str]:
     """Fill Hydra's ConfigStore; returns the scenarios that failed to load (name -> error).
 
@@ -195,19 +222,24 @@ def register_configs(scenario_paths: dict[str, Path] | None = None) -> dict[str,
 
     _share_config_store()
     cs = ConfigStore.instance()
-    cs.store(name=PRIMARY, node=RunConfig)
+    _store(cs, None, PRIMARY, RunConfig, partial(_same, RunConfig))
     for name, spec in algorithms().items():
-        cs.store(group="strategy", name=name, node=spec.config)
+        _store(cs, "strategy", name, spec.config, partial(_same, spec.config))
     for name in BACKBONE_NAMES:
-        cs.store(group="backbone", name=name, node=BackboneConfig(name=name))
+        _store(cs, "backbone", name, name, partial(BackboneConfig, name=name))
     for name in RUNTIME_NAMES:
-        cs.store(group="runtime", name=name, node=RuntimeConfig(name=name))
+        _store(cs, "runtime", name, name, partial(RuntimeConfig, name=name))
     broken: dict[str, str] = {}
     paths = dict(scenario_files())
     paths.update(scenario_paths or {})
     for name, path in paths.items():
         try:
-            cs.store(group="scenario", name=name, node=load_scenario_file(path))
+            st = path.stat()
+            key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = (str(path), 0, 0)  # load_scenario_file names the problem
+        try:
+            _store(cs, "scenario", name, key, partial(load_scenario_file, path))
         except ConfigError as e:
             broken[name] = str(e)
     return broken

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from fedsim.cli import main as cli_main
 from fedsim.conf import compose, load_scenario_file, scenario_files
 from fedsim.config import ScenarioConfig
+from fedsim.errors import ConfigError
 from fedsim.federation import build_federation
 from fedsim.participation import ParticipationSampler
 from fedsim.runner import execute
@@ -385,3 +386,20 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
 
     assert record["status"] == "complete"
     assert record["config"]["scenario"]["num_clients"] == 4
+
+
+def test_an_edited_scenario_file_is_read_again(tmp_path: Path) -> None:
+    # compose keeps the scenarios it has read; a changed file (mtime, size) is re-read
+    import os
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("num_clients: 4\n")
+    assert compose([f"scenario={path}"]).scenario.num_clients == 4
+    assert compose([f"scenario={path}"]).scenario.num_clients == 4
+    path.write_text("num_clients: 12\n")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert compose([f"scenario={path}"]).scenario.num_clients == 12
+    path.write_text("num_clients: [1]\n")
+    with pytest.raises(ConfigError, match="num_clients"):
+        compose([f"scenario={path}"])
