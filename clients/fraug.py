@@ -6,8 +6,9 @@ server side and the paper-vs-code switches):
 
 (a) model step, through the shared training loop (``fedsim.training``):
     ``(1 - lam_t) CE(h(g(x)), y) + lam_t / 2 [CE(h(e_proto), y_cyc) + CE(h(e_real), y)]``
-    with synthetic embeddings built without gradient (they only train the head ``h``),
-    then the class prototypes' EMA update;
+    with synthetic embeddings built without gradient (they only train the head ``h``);
+    the class prototypes' EMA update comes first, on this batch's embedding, so
+    ``e_proto`` is anchored on the updated prototypes (official code order);
 (b) generator step (model in eval mode): ``CE(h(G(z, y)), y) - lam_G Dist_G(G(z, y), ref)``;
 (c) RTNet step (model, G in eval mode): for the prototype- and the real-anchored branch,
     ``-H(softmax(h(a + T(G(z, y), y)))) + lam_RT Dist_RT(a + T(...), a)``, averaged.
@@ -427,6 +428,8 @@ class FRAugClient(Client):
         ) -> torch.Tensor:
             feats = captured.pop("features")
             batch.update(x=x, y=y, features=feats.detach())
+            # the prototypes' EMA moves before the prototype-anchored term, as in the code
+            aug.mu = update_prototypes(aug.mu, feats, y, self.fraug.ema)
             if lam == 0.0:
                 return torch.zeros((), device=logits.device)
             aug.g.eval()
@@ -439,7 +442,6 @@ class FRAugClient(Client):
 
         def after_step(m: nn.Module) -> None:
             x, y = batch["x"], batch["y"]
-            aug.mu = update_prototypes(aug.mu, batch["features"], y, self.fraug.ema)
             b = len(y)
             m.eval()
             with torch.no_grad():

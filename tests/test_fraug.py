@@ -213,6 +213,27 @@ def test_bn_module_keys_adds_the_affine_weights() -> None:
     assert bn_module_keys(local, all_keys) == local | {"bn1.weight", "bn1.bias"}
 
 
+def test_prototypes_move_before_the_prototype_anchored_term(
+    fast_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # official order: the EMA of this batch's embedding, then CE(h(mu[y_cyc] + T(G))).
+    # The prototypes start at zero, so the first call must already see non-zero rows.
+    seen: list[torch.Tensor] = []
+    original = Augmenter.classifier_loss
+
+    def spy(self, head, real, y, z, y_cyc, rho):  # type: ignore[no-untyped-def]
+        seen.append(self.mu.clone())
+        expected = update_prototypes(torch.zeros_like(self.mu), real, y, self.cfg.ema)
+        if len(seen) == 1:
+            torch.testing.assert_close(self.mu, expected)
+        return original(self, head, real, y, z, y_cyc, rho)
+
+    monkeypatch.setattr(Augmenter, "classifier_loss", spy)
+    cfg = fast_cfg(*FAST, "rounds=1", "backbone.width=0.25", "scenario.num_clients=1")
+    run_recorded(cfg, tmp_path)
+    assert seen and float(seen[0].abs().sum()) > 0
+
+
 # --------------------------------------------------------------------------- losses
 
 
