@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
-import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsim.config import BackboneConfig, RunConfig, RuntimeConfig, ScenarioConfig
 from fedsim.errors import ConfigError
+from fedsim.scenario_files import load_scenario_file, omegaconf_message
 
 BACKBONE_NAMES = ("cnn_digits", "resnet18", "convnext", "mlp", "logreg")
 RUNTIME_NAMES = ("inline", "ray")
@@ -39,134 +39,6 @@ def scenarios_dir() -> Path:
 def scenario_files() -> dict[str, Path]:
     """Shipped scenario files by name (file stem)."""
     return {p.stem: p for p in sorted(scenarios_dir().glob("*.yaml"))}
-
-
-def _omegaconf_message(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", "") or ""
-    msg = str(err).splitlines()[0]
-    if "Key '" in msg and "not in" in msg:
-        return f"{key}: unknown key" if key else msg
-    if "Value '" in msg and "could not be converted" in msg:
-        return f"{key}: {msg}"
-    if "Missing mandatory value" in msg:
-        return f"{key}: a value is required"
-    return f"{key}: {msg}" if key else msg
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            mark = key_node.start_mark
-            raise ConfigError(
-                f"{key}: given twice (line {mark.line + 1}); each key may appear once per section"
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _schema_check(value: Any, hint: Any, path: str) -> Any:
-    """Check a value read from YAML against the schema type ``hint``; return it normalised.
-
-    Reports, with the full key path and what is allowed, what OmegaConf reports without
-    a usable path (an unknown key inside a list of sources, a list where a section
-    belongs), and turns integers into floats where floats belong, which OmegaConf refuses
-    inside nested lists (``mixture: [[1, 0], [0, 1]]``).  YAML 1.1 reads ``1e-3`` as a
-    string, so numeric strings are accepted for numbers.
-    """
-    if is_dataclass(hint):
-        hints = get_type_hints(hint)
-        allowed = ", ".join(hints)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: must be a section with keys {allowed}; got {_show(value)}")
-        out = {}
-        for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in hints:
-                raise ConfigError(f"{sub}: unknown key (allowed: {allowed})")
-            out[key] = _schema_check(item, hints[key], sub)
-        return out
-    if get_origin(hint) is list:
-        (inner,) = get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: must be a list, got {_show(value)}")
-        return [_schema_check(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{path}: must be true or false, got {_show(value)}")
-    if hint in (int, float):
-        number = value
-        if isinstance(value, str):
-            try:
-                number = hint(value.strip())
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, int if hint is int else int | float):
-            kind = "an integer" if hint is int else "a number"
-            raise ConfigError(f"{path}: must be {kind}, got {_show(value)}")
-        return hint(number)
-    if hint is str:
-        if value is None or isinstance(value, dict | list | bool):
-            raise ConfigError(f"{path}: must be a string, got {_show(value)}")
-        return str(value)
-    return value
-
-
-def load_scenario_file(path: Path) -> DictConfig:
-    """Read a scenario file and validate its keys and types against the schema."""
-    where = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"scenario: file not found: {where}") from None
-    except OSError as e:
-        raise ConfigError(f"scenario: cannot read {where}: {e.strerror}") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where}: a scenario file must be a mapping of keys, got {type(raw).__name__}"
-        )
-    raw.setdefault("name", path.stem)
-    raw["file"] = where
-    try:
-        raw = _schema_check(raw, ScenarioConfig, "")
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    try:
-        return OmegaConf.merge(OmegaConf.structured(ScenarioConfig), raw)  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{where}: {_omegaconf_message(e)}") from None
-    except ValueError as e:  # e.g. a list where a mapping belongs
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def _share_store(self: ConfigStore, memo: dict[int, Any]) -> ConfigStore:
@@ -270,7 +142,7 @@ def from_plain(plain: dict[str, Any]) -> RunConfig:
         merged = OmegaConf.merge(schema, {k: v for k, v in plain.items() if k != "defaults"})
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(_omegaconf_message(e)) from None
+        raise ConfigError(omegaconf_message(e)) from None
     assert isinstance(obj, RunConfig)
     return obj
 
@@ -291,7 +163,7 @@ def _compose_one(overrides: list[str]) -> RunConfig:
         try:
             cfg = hydra_compose(PRIMARY, overrides=overrides)
         except OmegaConfBaseException as e:
-            raise ConfigError(_omegaconf_message(e)) from None
+            raise ConfigError(omegaconf_message(e)) from None
         except Exception as e:  # Hydra's own override errors
             raise ConfigError(_hydra_message(e)) from None
     return from_plain(to_plain(cfg))
@@ -300,7 +172,7 @@ def _compose_one(overrides: list[str]) -> RunConfig:
 def _hydra_message(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     if isinstance(cause, OmegaConfBaseException):
-        return _omegaconf_message(cause)
+        return omegaconf_message(cause)
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
 

@@ -103,3 +103,35 @@ def test_every_imported_package_is_declared() -> None:
         if not names & declared:
             missing[top] = where
     assert missing == {}, f"imported but not in pyproject.toml's dependencies: {missing}"
+
+
+@pytest.mark.parametrize("package", ["fedsim", "strategies", "clients", "protocols"])
+def test_no_module_over_500_lines(package: str) -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, f"split these modules by concern: {long}"
+
+
+def test_run_help_imports_no_torch_flower_or_data_stack() -> None:
+    import subprocess
+
+    code = (
+        "import contextlib, io, sys\n"
+        "sys.argv = ['fedsim', 'run', '--help']\n"
+        "from fedsim.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'strategy: ' in out.getvalue(), out.getvalue()\n"
+        "heavy = ('torch', 'flwr', 'numpy', 'sklearn', 'scipy', 'matplotlib',\n"
+        "         'tensorboard', 'ray')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
