@@ -152,6 +152,9 @@ def write(table: dict[str, Any], rounds: int, seeds: list[int]) -> None:
             f"| {label} | {len(row['seeds'])} | {row['mean_last']:.1f} ± {row['std_last']:.1f}"
             f" | {row['mean_best']:.1f} ± {row['std_best']:.1f} |"
         )
+    notes = res / "fraug_official_notes.md"  # the written reading of the table, if any
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     (res / "fraug_official.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
