@@ -107,6 +107,17 @@ def default_gamma(
     return c / L
 
 
+def derived_gamma(
+    variant: str, cfg: RunConfig, tau: float, L: float, Lm: np.ndarray, c: float
+) -> float:
+    """The step a run takes when ``strategy.gamma`` is 0: :func:`default_gamma`, capped at
+    extragradient's stability edge ``1/L``.  Compression only adds variance, and the tuned
+    ``gamma_c`` of a compressed setting would otherwise diverge on a lossless channel
+    (``masha2`` with ``channel.up=identity``).  The regime sweep tunes ``c`` through the
+    uncapped :func:`default_gamma`."""
+    return min(default_gamma(variant, cfg, tau, L, Lm, c), 1.0 / L)
+
+
 # --------------------------------------------------------------------------- replay
 
 

@@ -116,14 +116,14 @@ def replayed(overrides: list[str], c: float, rounds: int, target: float) -> Resu
     from fedsim.channels import make_channel
     from fedsim.problems import server_problem
     from protocols.masha import VARIANTS
-    from protocols.masha_math import default_gamma, default_tau, replay
+    from protocols.masha_math import default_tau, derived_gamma, replay
 
     cfg = compose(overrides)
     variant = VARIANTS[cfg.strategy.name]
     problem = server_problem(cfg)
     tau = 0.0 if variant == "naive" or cfg.strategy.name == "eg" else default_tau(cfg)
     L, Lm = problem.lipschitz()  # type: ignore[misc]
-    gamma = default_gamma(variant, cfg, tau, L, Lm, c)
+    gamma = derived_gamma(variant, cfg, tau, L, Lm, c)
     t0 = time.perf_counter()
     rows = replay(
         problem, variant, make_channel(cfg.channel.up), make_channel(cfg.channel.down),

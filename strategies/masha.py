@@ -74,6 +74,7 @@ from protocols.masha_math import (
     broadcast_channel,
     default_gamma,
     default_tau,
+    derived_gamma,
     masha1_update,
     masha2_update,
 )
@@ -136,14 +137,10 @@ class Masha(Strategy):
                     f"strategy.gamma: must be > 0 for scenario.problem.kind="
                     f"{cfg.scenario.problem.kind} (no Lipschitz constant to derive it from)"
                 )
-            self.gamma = default_gamma(self.variant, cfg, self.tau, lips[0], lips[1], scfg.gamma_c)
-            # compression only adds variance: a derived step never goes past extragradient's
-            # stability edge 1/L (the tuned gamma_c of a compressed setting would otherwise
-            # diverge on a lossless channel, e.g. masha2 with channel.up=identity)
-            if self.gamma > 1.0 / lips[0]:
-                log.info("%s: derived gamma %.4g capped at 1/L = %.4g", scfg.name, self.gamma,
-                         1.0 / lips[0])  # fmt: skip
-                self.gamma = 1.0 / lips[0]
+            args = (self.variant, cfg, self.tau, lips[0], lips[1], scfg.gamma_c)
+            self.gamma = derived_gamma(*args)
+            if self.gamma < default_gamma(*args):
+                log.info("%s: derived gamma capped at 1/L = %.4g", scfg.name, self.gamma)
         z0 = self.problem.z0()
         zeros = np.zeros_like(z0)
         self.st = ViState(z0.copy(), z0.copy(), zeros.copy(), z0.copy(), zeros.copy())

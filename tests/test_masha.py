@@ -382,14 +382,14 @@ def test_readme_masha_command_reaches_1e6_replayed(command: str) -> None:
     from fedsim.conf import compose
     from fedsim.problems import server_problem
     from protocols.masha import VARIANTS
-    from protocols.masha_math import default_gamma, default_tau
+    from protocols.masha_math import default_tau, derived_gamma
 
     cfg = compose(command.split()[2:])
     variant = VARIANTS[cfg.strategy.name]
     problem = server_problem(cfg)
     tau = 0.0 if cfg.strategy.name == "eg" else default_tau(cfg)
     L, Lm = problem.lipschitz()  # type: ignore[misc]
-    gamma = default_gamma(variant, cfg, tau, L, Lm, cfg.strategy.gamma_c)  # type: ignore[attr-defined]
+    gamma = derived_gamma(variant, cfg, tau, L, Lm, cfg.strategy.gamma_c)  # type: ignore[attr-defined]
     up, down = make_channel(cfg.channel.up), make_channel(cfg.channel.down)
     rows = replay(problem, variant, up, down, gamma, tau, cfg.rounds, cfg.seed)
     assert min(r["masha/rel_dist"] for r in rows) <= 1e-6
