@@ -235,19 +235,29 @@ def _rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "backbone", "rounds", "tol"),
+    ("strategy", "backbone", "rounds", "tol", "extra"),
     [
-        ("fedavg", "mlp", 2, 1e-6),
-        ("fedprox", "mlp", 2, 1e-6),
-        ("fedavg", "logreg", 2, 1e-6),
-        # the digits CNN amplifies float noise: 1 vs 2 torch threads alone moves its
-        # round-2 loss by ~4e-3, so only round 1's losses are compared (an accuracy on 32
-        # held-out samples flips with such noise), at a looser tolerance
-        ("fedavg", "cnn_digits", 1, 1e-3),
+        ("fedavg", "mlp", 2, 1e-6, ()),
+        ("fedprox", "mlp", 2, 1e-6, ()),
+        ("fedavg", "logreg", 2, 1e-6, ()),
+        # The digits CNN is compared at one local step per round.  Over a whole epoch the
+        # batched float32 gradient of this BatchNorm CNN is not float noise away from the
+        # sequential one on every batch: on one measured batch (8x8 digits, width 0.25,
+        # second step) torch.func.vmap's float32 gradient was 1.5e-2 off while the eager
+        # float32 gradient agreed with float64 to 6e-7, and vmap in float64 agreed with
+        # eager to 1e-15.  That is the batched kernels' precision, not fedsim's update
+        # maths (README, runtime.vectorize); at one step per round both agree to ~1e-7.
+        ("fedavg", "cnn_digits", 2, 1e-5, ("train.local_steps=1",)),
     ],
 )
 def test_run_on_matches_off(
-    fast_cfg: Any, tmp_path: Path, strategy: str, backbone: str, rounds: int, tol: float
+    fast_cfg: Any,
+    tmp_path: Path,
+    strategy: str,
+    backbone: str,
+    rounds: int,
+    tol: float,
+    extra: tuple[str, ...],
 ) -> None:
     from fedsim.runner import execute
 
@@ -257,6 +267,7 @@ def test_run_on_matches_off(
         "scenario.num_clients=4",
         f"strategy={strategy}",
         f"backbone={backbone}",
+        *extra,
     )
     off = _rows(execute(fast_cfg(*common, f"output_dir={tmp_path}/off")))
     on = _rows(execute(fast_cfg(*common, "runtime.vectorize=on", f"output_dir={tmp_path}/on")))
