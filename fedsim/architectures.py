@@ -18,11 +18,14 @@ Models (all built for an explicit input shape, so flatten sizes are computed at 
     ``CNN_Digits``).  Deviation from FedBN's code: pooling is ``MaxPool2d(3, 2, 1)`` as in
     FRAug instead of FedBN's ``max_pool2d(x, 2)``; both give the same sizes on even inputs
     (28 -> 14 -> 7, 32 -> 16 -> 8), so the 6272 / 8192 flatten widths are the papers'.
+    Otherwise the layers are FedBN's at width 1: 14,219,210 parameters on FedBN's 28×28×3
+    and 18,151,370 on FRAug's 32×32×3, with 10 classes.
 ``resnet18``
     ResNet-18 (He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition",
     CVPR 2016, arXiv 1512.03385) with the CIFAR stem used by ORCA / FedoSSL
     (3×3 stride-1 stem convolution, no max-pool).  Stages are named ``layer1`` ... ``layer4``
     as in torchvision, because FedoSSL freezes everything but ``layer4`` and the head.
+    11,173,962 parameters at width 1 with 10 classes, as ``kuangliu/pytorch-cifar``'s.
 ``convnext``
     A small ConvNeXt (Liu, Mao, Wu, Feichtenhofer, Darrell, Xie, "A ConvNet for the 2020s",
     CVPR 2022, arXiv 2201.03545): patchify stem, four stages of depth 2 and widths
@@ -32,11 +35,14 @@ Models (all built for an explicit input shape, so flatten sizes are computed at 
     stage whose input is already 1 px wide is not downsampled (its LayerNorm + convolution
     becomes 1×1 / stride 1 so that the channel count still changes), no stochastic depth.
 ``mlp``
-    Two hidden ReLU layers of 200 units (the MNIST MLP of McMahan et al., arXiv 1602.05629).
+    Two hidden ReLU layers of 200 units: the 2NN of McMahan et al. (arXiv 1602.05629), also
+    registered as ``mlp_2nn``; 199,210 parameters on 28×28×1 with 10 classes.
 ``logreg``
     Multinomial logistic regression (FLUTE benchmark, Dimitriadis et al., arXiv
     2203.13789): ``features`` is the flattened image, ``head`` is ``Linear(C·H·W, K)``.
     ``width`` has no meaning for it and is ignored.
+
+The classic small FL CNNs (``cnn_mnist``, ``cnn_cifar``) are in :mod:`fedsim.classic`.
 
 ``width`` multiplies every channel and hidden size (rounded, at least 1).  Initialisation uses
 the torch global generator only through ``torch.nn.init``: the caller seeds it with

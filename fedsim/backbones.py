@@ -1,7 +1,9 @@
 """Vision backbones with a ``features`` / ``head`` split, selected by name.
 
 The models themselves (the papers they follow and their deviations) are in
-:mod:`fedsim.architectures`; this module names them (:data:`BACKBONES`), builds one from a
+:mod:`fedsim.architectures` and, for the classic small FL models (``cnn_mnist``,
+``cnn_cifar``; ``mlp_2nn`` is ``mlp`` under the FedAvg paper's name), :mod:`fedsim.classic`;
+this module names them (:data:`BACKBONES`), builds one from a
 :class:`~fedsim.config.BackboneConfig` (:func:`build_backbone`) and finds the batch-norm
 tensors FedBN and FRAug keep local (:func:`bn_state_keys`, by module type).  Every model
 class is re-exported here.
@@ -26,6 +28,7 @@ from fedsim.architectures import (
     ResNet18,
     replace_head,
 )
+from fedsim.classic import CNNCifar, CNNMnist
 from fedsim.config import BackboneConfig
 from fedsim.errors import ConfigError
 
@@ -34,7 +37,9 @@ __all__ = [
     "MLP",
     "Backbone",
     "BackboneFactory",
+    "CNNCifar",
     "CNNDigits",
+    "CNNMnist",
     "ConvNeXt",
     "LogReg",
     "NormedLinear",
@@ -52,10 +57,13 @@ BackboneFactory = Callable[[InputShape, int, float], Backbone]
 """``(input_shape, num_classes, width) -> Backbone``."""
 
 BACKBONES: dict[str, BackboneFactory] = {
+    "cnn_cifar": CNNCifar,
     "cnn_digits": CNNDigits,
+    "cnn_mnist": CNNMnist,
     "convnext": ConvNeXt,
     "logreg": LogReg,
     "mlp": MLP,
+    "mlp_2nn": MLP,  # the 2NN of McMahan et al. is exactly ``mlp``: 199,210 parameters on MNIST
     "resnet18": ResNet18,
 }
 
@@ -83,8 +91,8 @@ def build_backbone(
     Raises
     ------
     ConfigError
-        For an unknown name, a non-positive or non-finite width, a malformed input shape or
-        fewer than one class.
+        For an unknown name, a non-positive or non-finite width, a malformed input shape,
+        fewer than one class or an input the model cannot take (``cnn_cifar`` below 16 px).
     """
     if cfg.name not in BACKBONES:
         raise ConfigError(
@@ -101,7 +109,10 @@ def build_backbone(
     if num_classes < 1:
         raise ConfigError(f"backbone {cfg.name}: num_classes {num_classes} must be at least 1")
     c, h, w = (int(s) for s in shape)
-    model = BACKBONES[cfg.name]((c, h, w), int(num_classes), width)
+    try:
+        model = BACKBONES[cfg.name]((c, h, w), int(num_classes), width)
+    except ValueError as err:  # a model's own limit on its input (e.g. cnn_cifar's 16 px)
+        raise ConfigError(f"backbone {cfg.name}: {err}") from err
     if cfg.channels_last:
         # Module.to takes memory_format at runtime; torch's overload stubs do not declare it.
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

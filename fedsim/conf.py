@@ -23,7 +23,17 @@ from fedsim.config import BackboneConfig, RunConfig, RuntimeConfig, ScenarioConf
 from fedsim.errors import ConfigError
 from fedsim.scenario_files import load_scenario_file, omegaconf_message
 
-BACKBONE_NAMES = ("cnn_digits", "resnet18", "convnext", "mlp", "logreg")
+# the keys of fedsim.backbones.BACKBONES (kept here so that conf does not import torch)
+BACKBONE_NAMES = (
+    "cnn_digits",
+    "resnet18",
+    "convnext",
+    "mlp",
+    "logreg",
+    "cnn_mnist",
+    "mlp_2nn",
+    "cnn_cifar",
+)
 RUNTIME_NAMES = ("inline", "ray")
 PRIMARY = "fedsim"
 

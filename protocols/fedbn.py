@@ -8,7 +8,7 @@ from fedsim.config import RunConfig, StrategyConfig
 from fedsim.errors import ConfigError
 
 #: Backbones without a batch-norm layer: FedBN would silently be FedAvg on them.
-NO_BATCH_NORM = ("convnext", "logreg", "mlp")
+NO_BATCH_NORM = ("cnn_cifar", "cnn_mnist", "convnext", "logreg", "mlp", "mlp_2nn")
 
 
 @dataclass

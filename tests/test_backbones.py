@@ -1,4 +1,5 @@
-"""Tests of ``fedsim.backbones``: shapes, the features/head split, BN key selection, errors."""
+"""Tests of ``fedsim.backbones``: shapes, the features/head split, BN key selection, errors,
+the parameter counts of the classic named models, ``torch.func`` compatibility."""
 
 from __future__ import annotations
 
@@ -8,23 +9,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from fedsim.backbones import (
     BACKBONES,
+    MLP,
     Backbone,
+    CNNCifar,
     CNNDigits,
+    CNNMnist,
     NormedLinear,
+    ResNet18,
     bn_running_stat_keys,
     bn_state_keys,
     build_backbone,
     replace_head,
 )
+from fedsim.conf import BACKBONE_NAMES
 from fedsim.config import BackboneConfig
 from fedsim.errors import ConfigError
 
 NAMES = sorted(BACKBONES)
 SHAPES = [(1, 8, 8), (1, 16, 16), (1, 28, 28), (3, 32, 32)]
 NUM_CLASSES = 7
+TOO_SMALL = {("cnn_cifar", (1, 8, 8))}  # cnn_cifar needs 16 px (see test_cnn_cifar_refuses...)
+NAME_SHAPES = [(n, s) for n in NAMES for s in SHAPES if (n, s) not in TOO_SMALL]
 
 
 def _build(
@@ -38,8 +47,9 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("name", "shape"), NAME_SHAPES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in NAME_SHAPES]
+)
 def test_output_shapes_and_features_head_split(name: str, shape: tuple[int, int, int]) -> None:
     # Arrange
     model = _build(name, shape).eval()
@@ -75,7 +85,16 @@ def test_cnn_digits_flatten_on_fedbn_28px_input_is_6272() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "dim"), [("resnet18", 512), ("convnext", 256), ("mlp", 200), ("logreg", 3 * 32 * 32)]
+    ("name", "dim"),
+    [
+        ("resnet18", 512),
+        ("convnext", 256),
+        ("mlp", 200),
+        ("logreg", 3 * 32 * 32),
+        ("cnn_mnist", 512),
+        ("mlp_2nn", 200),
+        ("cnn_cifar", 84),
+    ],
 )
 def test_feature_dim_at_width_one(name: str, dim: int) -> None:
     assert _build(name, (3, 32, 32), width=1.0).feature_dim == dim
@@ -115,9 +134,17 @@ def test_bn_state_keys_of_resnet18_are_exactly_the_batchnorm_tensors() -> None:
     assert {k for k in model.state_dict() if k.rsplit(".", 1)[0] in bn_names} == keys
 
 
-@pytest.mark.parametrize("name", ["convnext", "mlp", "logreg"])
+@pytest.mark.parametrize("name", ["convnext", "mlp", "logreg", "cnn_mnist", "mlp_2nn", "cnn_cifar"])
 def test_bn_state_keys_empty_without_batchnorm(name: str) -> None:
     assert bn_state_keys(_build(name, (3, 32, 32))) == set()
+
+
+def test_fedbn_refuses_exactly_the_backbones_without_batch_norm() -> None:
+    from protocols.fedbn import NO_BATCH_NORM
+
+    without = {name for name in NAMES if not bn_state_keys(_build(name, (3, 16, 16)))}
+
+    assert set(NO_BATCH_NORM) == without
 
 
 def test_bn_state_keys_select_by_type_not_by_name() -> None:
@@ -140,12 +167,105 @@ def test_logreg_has_dhw_times_k_plus_k_parameters(shape: tuple[int, int, int]) -
     assert _n_params(model) == math.prod(shape) * 10 + 10
 
 
-@pytest.mark.parametrize("name", ["cnn_digits", "resnet18", "convnext", "mlp"])
+@pytest.mark.parametrize(
+    "name", ["cnn_digits", "resnet18", "convnext", "mlp", "cnn_mnist", "cnn_cifar"]
+)
 def test_width_scales_parameter_count(name: str) -> None:
     small = _n_params(_build(name, (1, 16, 16), width=0.25))
     large = _n_params(_build(name, (1, 16, 16), width=0.5))
 
     assert large > 2 * small  # most weights are products of two scaled sizes
+
+
+# The classic models by name at their papers' input, width 1, 10 classes; each count is the
+# sum over layers of (fan_in · fan_out + bias), BN layers 2 · channels.
+CLASSIC_COUNTS = [
+    # McMahan et al. 2017 CNN: conv 1·32·25+32 = 832, conv 32·64·25+64 = 51,264,
+    # fc (64·7·7)·512+512 = 1,606,144, out 512·10+10 = 5,130; the paper's 1,663,370
+    ("cnn_mnist", (1, 28, 28), CNNMnist, 1_663_370),
+    # McMahan et al. 2017 2NN: 784·200+200 = 157,000, 200·200+200 = 40,200, 200·10+10 = 2,010
+    ("mlp_2nn", (1, 28, 28), MLP, 199_210),
+    # NIID-Bench SimpleCNN: 3·6·25+6 = 456, 6·16·25+16 = 2,416, 400·120+120 = 48,120,
+    # 120·84+84 = 10,164, 84·10+10 = 850
+    ("cnn_cifar", (3, 32, 32), CNNCifar, 62_006),
+    # FedBN DigitModel at FRAug's 32 px: convs 4,864 + 102,464 + 204,928, fc1 8192·2048+2048
+    # = 16,779,264, fc2 2048·512+512 = 1,049,088, head 5,130, BN 2·(64+64+128+2048+512) = 5,632
+    ("cnn_digits", (3, 32, 32), CNNDigits, 18_151_370),
+    # the same on FedBN's 28 px: fc1 6272·2048+2048 = 12,847,104 instead of 16,779,264
+    ("cnn_digits", (3, 28, 28), CNNDigits, 14_219_210),
+    # ResNet-18, CIFAR stem: kuangliu/pytorch-cifar's ResNet18 count with 10 classes
+    ("resnet18", (3, 32, 32), ResNet18, 11_173_962),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "cls", "count"), CLASSIC_COUNTS)
+def test_classic_model_by_name_has_the_papers_parameter_count(
+    name: str, shape: tuple[int, int, int], cls: type[Backbone], count: int
+) -> None:
+    model = _build(name, shape, width=1.0, classes=10).eval()
+
+    with torch.no_grad():
+        logits = model(torch.randn(3, *shape))
+
+    assert type(model) is cls
+    assert _n_params(model) == count
+    assert logits.shape == (3, 10)
+
+
+def test_cnn_mnist_pools_round_up_like_tensorflow_same_padding() -> None:
+    # 15 -> 8 -> 4 with 'same' pooling (7 -> 3 if the pools rounded down)
+    model = _build("cnn_mnist", (1, 15, 15), width=1.0, classes=10)
+    assert isinstance(model, CNNMnist)
+
+    assert model.flatten_dim == 64 * 4 * 4
+    assert model(torch.randn(2, 1, 15, 15)).shape == (2, 10)
+    assert _build("cnn_mnist", (3, 32, 32), width=1.0).fc1.in_features == 64 * 8 * 8
+
+
+def test_cnn_cifar_flatten_adapts_to_28px_as_niid_bench_mnist_model() -> None:
+    model = _build("cnn_cifar", (1, 28, 28), width=1.0, classes=10)
+    assert isinstance(model, CNNCifar)
+
+    assert model.fc1.in_features == 16 * 4 * 4  # 28 -> 24 -> 12 -> 8 -> 4
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_cnn_cifar_refuses_inputs_below_16px_with_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        _build("cnn_cifar", (1, 15, 16))
+
+    assert str(info.value) == (
+        "backbone cnn_cifar: input 15×16 is below its 16×16 minimum"
+        " (two unpadded 5×5 convolutions and 2×2 pools)"
+    )
+    assert _build("cnn_cifar", (1, 16, 16)).fc1.in_features == 4  # 16·0.25 channels × 1 × 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_functional_call_under_vmap_matches_each_model(name: str) -> None:
+    # Arrange: two differently initialised copies, stacked as the vectorised trainer does
+    shape = (3, 16, 16)
+    models = [_build(name, shape).eval()]
+    torch.manual_seed(1)
+    models.append(build_backbone(BackboneConfig(name=name, width=0.25), shape, NUM_CLASSES).eval())
+    params, buffers = stack_module_state(models)
+    x = torch.randn(2, 5, *shape)
+
+    # Act
+    def forward(
+        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor
+    ) -> torch.Tensor:
+        out: torch.Tensor = functional_call(models[0], (p, b), (xb,))
+        return out
+
+    with torch.no_grad():
+        stacked = vmap(forward)(params, buffers, x)
+        each = torch.stack([m(xi) for m, xi in zip(models, x, strict=True)])
+
+    # Assert
+    assert stacked.shape == (2, 5, NUM_CLASSES)
+    assert not torch.allclose(each[0], each[1])
+    torch.testing.assert_close(stacked, each)
 
 
 def test_mlp_parameter_count_by_hand() -> None:
@@ -159,8 +279,13 @@ def test_unknown_name_raises_config_error_listing_allowed() -> None:
         build_backbone(BackboneConfig(name="foo"), (3, 32, 32), 10)
 
     assert str(info.value) == (
-        "backbone.name: unknown 'foo' (allowed: cnn_digits, convnext, logreg, mlp, resnet18)"
+        "backbone.name: unknown 'foo' (allowed: cnn_cifar, cnn_digits, cnn_mnist, convnext,"
+        " logreg, mlp, mlp_2nn, resnet18)"
     )
+
+
+def test_hydra_group_names_are_the_registry_names() -> None:
+    assert sorted(BACKBONE_NAMES) == NAMES
 
 
 @pytest.mark.parametrize("width", [0.0, -1.0, float("nan"), float("inf")])
@@ -226,7 +351,10 @@ def test_replace_head_installs_normed_linear_and_checks_width() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_training_steps_reduce_loss_on_a_fixed_batch(name: str) -> None:
     # Arrange
-    model = _build(name, (1, 16, 16), width=0.25, classes=4).train()
+    # cnn_cifar at width 0.25 squeezes a 16 px image through 4 channels × 1 × 1; at width 1
+    # it is still small (16 channels, 120 and 84 units)
+    width = 1.0 if name == "cnn_cifar" else 0.25
+    model = _build(name, (1, 16, 16), width=width, classes=4).train()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(16, 1, 16, 16, generator=gen)
     y = torch.arange(16) % 4
