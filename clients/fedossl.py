@@ -321,7 +321,11 @@ class FedoSSLClient(Client):
     # ---------------------------------------------------------------- helpers
     def _set_trainable(self) -> None:
         for name, p in self.model.named_parameters():
-            p.requires_grad_(not self.fcfg.freeze_backbone or name.startswith(("layer4.", "head.")))
+            frozen = name in self.env.frozen  # train.trainable
+            p.requires_grad_(
+                not frozen
+                and (not self.fcfg.freeze_backbone or name.startswith(("layer4.", "head.")))
+            )
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -374,7 +378,7 @@ class FedoSSLClient(Client):
             self._set_trainable()
             u_bar, counts = self._uncertainty(data.x[~lab], ins.server_round)
             margin = min(u_bar, f.margin_cap)
-            opt = self.optimizer()
+            opt = self.optimizer(ins.server_round)
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
             aug_gen = torch_generator(self.cfg.seed, "fedossl-aug", ins.server_round, self.pid)
             objective = FedoSSLObjective(

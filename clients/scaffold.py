@@ -46,7 +46,7 @@ class ScaffoldClient(Client):
         return TrainHooks(extra_loss=correction)
 
     def after_fit(self, ins: TrainIns, stats: TrainStats) -> dict[str, ArrayRecord]:
-        scale = 1.0 / (max(1, stats.steps) * self.cfg.train.lr)
+        scale = 1.0 / (max(1, stats.steps) * self.lr(ins.server_round))  # the round's rate
         c_plus = {
             n: self._ci[n] - self._c[n] + scale * (self._x[n] - p.detach()).cpu().numpy()
             for n, p in self._trainable().items()

@@ -25,14 +25,16 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
+from fedsim.augment import Augmenter, build_augmenter
 from fedsim.config import RunConfig
 from fedsim.federation import Federation, load_federation
-from fedsim.modelzoo import initial_model, resolve_device
+from fedsim.modelzoo import frozen_keys, initial_model, resolve_device
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import (
     arrays_from_state,
     state_from_arrays,
 )
+from fedsim.schedules import lr_at
 from fedsim.seeding import torch_generator
 from fedsim.training import TrainHooks, TrainStats, evaluate_model, make_optimizer, train_local
 from fedsim.vectorize import declarative, released_while_waiting
@@ -51,6 +53,8 @@ class ClientEnv:
     init_state: dict[str, torch.Tensor]
     device: torch.device
     lock: threading.Lock
+    augmenter: Augmenter | None = None  # train.augment (None: no op active)
+    frozen: frozenset[str] = frozenset()  # state keys outside train.trainable: never sent
 
     @property
     def buffer_keys(self) -> frozenset[str]:
@@ -87,14 +91,33 @@ def client_env(cfg: RunConfig, key: str) -> ClientEnv:
             fed = load_federation(cfg.scenario, cfg.seed)
             device = resolve_device(cfg.device)
             model = initial_model(
-                cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed
+                cfg.backbone,
+                fed.data.input_shape,
+                fed.data.num_classes,
+                cfg.seed,
+                cfg.train.trainable,
             )
             init_state = {k: v.clone() for k, v in model.state_dict().items()}
             model.to(device)
             if cfg.backbone.channels_last:
                 model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            augmenter = build_augmenter(
+                cfg.train.augment,
+                fed.data.mean.to(device),
+                fed.data.std.to(device),
+                cfg.scenario.augment,
+            )
             _ENVS.clear()
-            env = _ENVS[key] = ClientEnv(cfg, fed, model, init_state, device, threading.Lock())
+            env = _ENVS[key] = ClientEnv(
+                cfg,
+                fed,
+                model,
+                init_state,
+                device,
+                threading.Lock(),
+                augmenter,
+                frozen_keys(model),
+            )
         return env
 
 
@@ -150,12 +173,20 @@ class Client:
             self.state[LOCAL_KEY] = arrays_from_state(self.model.state_dict(), self.keep)
 
     def shared_state(self) -> ArrayRecord:
+        """What goes on the uplink: every tensor but the local and the frozen ones."""
+        held = self.keep | self.env.frozen
         return arrays_from_state(
-            self.model.state_dict(), [k for k in self.model.state_dict() if k not in self.keep]
+            self.model.state_dict(), [k for k in self.model.state_dict() if k not in held]
         )
 
-    def optimizer(self) -> torch.optim.Optimizer:
-        opt = make_optimizer(self.model, self.cfg.train)
+    def lr(self, server_round: int) -> float:
+        """This round's learning rate (``train.schedule``)."""
+        return lr_at(self.cfg.train, server_round, self.cfg.rounds)
+
+    def optimizer(self, server_round: int = 0) -> torch.optim.Optimizer:
+        opt = make_optimizer(
+            self.model, self.cfg.train, self.lr(server_round) if server_round else None
+        )
         if self.cfg.train.persist_optimizer and OPTIM_KEY in self.state.array_records:
             saved = state_from_arrays(self.state.array_records[OPTIM_KEY])
             sd = opt.state_dict()
@@ -184,7 +215,7 @@ class Client:
             x, y = x[data.labeled], y[data.labeled]
         with self.env.lock, released_while_waiting(self.env.lock):
             self.load(ins.arrays)
-            opt = self.optimizer()
+            opt = self.optimizer(ins.server_round)
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
             stats = train_local(
                 self.model,
@@ -196,6 +227,8 @@ class Client:
                 self.env.device,
                 self.cfg.precision,
                 self.hooks(ins),
+                self.env.augmenter,
+                self.augment_generator(ins.server_round),
             )
             self.save_local()
             self.save_optimizer(opt)
@@ -203,17 +236,29 @@ class Client:
             extra = self.after_fit(ins, stats)
         return TrainRes(out, len(y), {"loss": stats.loss, "steps": float(stats.steps)}, extra)
 
+    def augment_generator(self, server_round: int) -> torch.Generator | None:
+        """The client's augmentation stream of this round (None when nothing augments);
+        separate from the batch order's, so turning augmentation on changes no batch."""
+        if self.env.augmenter is None:
+            return None
+        return torch_generator(self.cfg.seed, "augment", server_round, self.pid)
+
     def evaluate(self, ins: EvalIns) -> EvalRes:
+        """Test metrics (``evaluation.test``: the holdout or the domain's test file) and,
+        with ``evaluation.validation_fraction``, the selection split's ``val_acc``."""
         data = self.env.fed.client(self.pid)
+        x_test, y_test = self.env.fed.test_set(self.pid)
+        metrics: dict[str, float] = {"domain": float(data.domain)}
         with self.env.lock:
             self.load(ins.arrays)
             acc, loss = evaluate_model(
-                self.model,
-                data.x_holdout,
-                data.y_holdout,
-                self.env.device,
-                precision=self.cfg.precision,
+                self.model, x_test, y_test, self.env.device, precision=self.cfg.precision
             )
-        return EvalRes(
-            len(data.y_holdout), {"acc": acc, "loss": loss, "domain": float(data.domain)}
-        )
+            metrics.update(acc=acc, loss=loss)
+            xv, yv = data.x_val, data.y_val
+            if xv is not None and yv is not None and len(yv):
+                val_acc, val_loss = evaluate_model(
+                    self.model, xv, yv, self.env.device, precision=self.cfg.precision
+                )
+                metrics.update(val_acc=val_acc, val_loss=val_loss)
+        return EvalRes(len(y_test), metrics)

@@ -334,6 +334,13 @@ def validate(cfg: RunConfig) -> None:
         t.optimizer in ("sgd", "adam"),
         f"train.optimizer: unknown '{t.optimizer}' (allowed: adam, sgd)",
     )
+    from fedsim.schedules import validate_train
+
+    validate_train(t)
+    from fedsim.augment import validate_augment
+
+    image = cfg.scenario.dataset.image_size or None
+    validate_augment(t.augment, image_size=image, scenario_default=cfg.scenario.augment)
     need(cfg.backbone.width > 0, f"backbone.width: must be > 0, got {cfg.backbone.width}")
     need(cfg.runtime.workers >= 0, f"runtime.workers: must be >= 0, got {cfg.runtime.workers}")
     need(cfg.runtime.threads >= 0, f"runtime.threads: must be >= 0, got {cfg.runtime.threads}")
@@ -408,6 +415,10 @@ def validate_scenario(s: ScenarioConfig) -> None:
     need(
         0 <= ev.validation_fraction < 1,
         f"evaluation.validation_fraction: must be in [0, 1), got {ev.validation_fraction}",
+    )
+    need(
+        ev.test in ("holdout", "domain_file"),
+        f"evaluation.test: unknown '{ev.test}' (allowed: domain_file, holdout)",
     )
     need(
         0 <= ev.fraction <= 1,

@@ -114,11 +114,15 @@ class EvaluationConfig:
     """Federated (per-client held-out) and centralised (global test set) evaluation."""
 
     holdout_fraction: float = 0.2  # per-client held-out share of its samples
-    # > 0 (fedsim tune): evaluate on this share of each client's training part instead of
-    # its holdout, which stays unseen; the validation share is not trained on
+    # > 0: a selection split of this share of each client's training part, never trained
+    # on; clients report eval/val_acc on it beside their test metrics, and the run reports
+    # the test accuracy at each client's best validation round (eval/acc_at_best_val)
     validation_fraction: float = 0.0
     fraction: float = 1.0  # fraction of clients evaluated per evaluation round (0 = none)
     global_test: bool = True  # evaluate the global model on the global test set
+    # what a client's test metrics (eval/acc) are scored on: ``holdout`` (its own held-out
+    # share) or ``domain_file`` (the whole test split of its domain's source)
+    test: str = "holdout"
 
 
 @dataclass
@@ -165,6 +169,7 @@ class ScenarioConfig:
     file: str = ""  # the YAML file this scenario came from (set by fedsim, for messages)
     num_clients: int = 10
     rounds: int = 0  # > 0: the default of the run's ``rounds`` (``rounds=`` still wins)
+    augment: str = ""  # the default of ``train.augment.recipe`` for this data ("" = none)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
@@ -185,6 +190,35 @@ class BackboneConfig:
     name: str = "cnn_digits"  # cnn_digits | resnet18 | convnext | mlp | logreg
     width: float = 1.0  # width multiplier on the channel/hidden sizes
     channels_last: bool = False  # use torch.channels_last memory format (CUDA speed-up)
+    checkpoint: str = ""  # a local state dict (fedsim pretrain writes one) to start from
+
+
+@dataclass
+class AugmentConfig:
+    """Data augmentation inside the one training loop (:mod:`fedsim.augment`).
+
+    ``recipe`` names a set of ops (``none``, ``cifar``, ``fraug_digits``, ``simclr``; ""
+    = the scenario's ``augment``, else ``none``); every other key, when set, overrides the
+    recipe's value of that op (``None`` = the recipe's).  Ops run batched on the tensor's
+    device on the ``[0, 1]`` pixel scale (the dataset's normalisation is undone and
+    redone around them), with randomness from the client's per-round stream; evaluation
+    never augments.
+    """
+
+    recipe: str = ""
+    # random crop of the original size after zero-padding by this many pixels (0 = off)
+    crop_padding: int | None = None
+    # random resized crop: area scale range and aspect-ratio range ([] = off)
+    resized_crop_scale: list[float] | None = None
+    resized_crop_ratio: list[float] | None = None
+    flip: float | None = None  # horizontal flip probability
+    # colour jitter strengths (torchvision's ColorJitter conventions) and its probability
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    jitter_p: float | None = None
+    grayscale: float | None = None  # random grayscale probability
 
 
 @dataclass
@@ -196,9 +230,21 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.0
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
     weight_decay: float = 0.0
     optimizer: str = "sgd"  # sgd | adam
     persist_optimizer: bool = False  # keep optimizer state in the client state across rounds
+    # per-round learning rate (fedsim.schedules): constant | exponential | step | cosine
+    schedule: str = "constant"
+    lr_decay: float = 1.0  # exponential: lr * lr_decay^(round-1); step: factor per lr_step
+    lr_step: int = 1  # step: rounds between two decays
+    lr_min: float = 0.0  # cosine: the rate reached at the last round
+    warmup_rounds: int = 0  # linear warm-up from lr / warmup_rounds over these rounds
+    clip_norm: float = 0.0  # > 0: clip the gradient's global L2 norm at each step
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    # module-name prefixes that train ([] = all); the rest is frozen and never sent
+    trainable: list[str] = field(default_factory=list)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

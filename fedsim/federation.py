@@ -39,6 +39,9 @@ class ClientData:
     y_holdout: torch.Tensor
     domain: int
     labeled: torch.Tensor | None = None  # open world: bool per training sample (None = all)
+    # evaluation.validation_fraction > 0: the selection split (never trained on)
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
 
 @dataclass
@@ -51,7 +54,11 @@ class Federation:
     train_parts: list[np.ndarray]
     holdout_parts: list[np.ndarray]
     labeled: np.ndarray | None = None  # open world: bool over the training set (None = all)
+    val_parts: list[np.ndarray] | None = None  # evaluation.validation_fraction > 0
     _cache: OrderedDict[int, ClientData] = field(default_factory=OrderedDict, repr=False)
+    _domain_tests: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -89,12 +96,39 @@ class Federation:
         if flips_labels(self.scenario.faults, self.num_clients, self.seed, pid):
             y = self.data.num_classes - 1 - y  # a label-flipping attacker's training labels
         lab = None if self.labeled is None else torch.from_numpy(self.labeled[tr.numpy()])
-        item = ClientData(x, y, xh, yh, self.domain_of(pid), lab)
+        xv = yv = None
+        if self.val_parts is not None:
+            va = torch.from_numpy(self.val_parts[pid])
+            xv, yv = self.data.train_x[va], self.data.train_y[va]
+            if shift.kind != "none" and (not shift.clients or pid in shift.clients):
+                xv = self._shift(xv, pid)
+        item = ClientData(x, y, xh, yh, self.domain_of(pid), lab, xv, yv)
         with self._lock:
             self._cache[pid] = item
             while len(self._cache) > _CACHE_LIMIT:
                 self._cache.popitem(last=False)
         return item
+
+    def test_set(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What client ``pid``'s test metrics are scored on (``evaluation.test``).
+
+        ``holdout``: its held-out share.  ``domain_file``: every sample of the global test
+        set from its domain's source (the source's test file, or the share carved from its
+        training file by ``dataset.test_fraction``), with the client's feature shift.
+        """
+        if self.scenario.evaluation.test != "domain_file":
+            data = self.client(pid)
+            return data.x_holdout, data.y_holdout
+        dom = self.domain_of(pid)
+        with self._lock:
+            if dom not in self._domain_tests:
+                mask = self.data.test_domain == dom
+                self._domain_tests[dom] = (self.data.test_x[mask], self.data.test_y[mask])
+            x, y = self._domain_tests[dom]
+        shift = self.scenario.shift
+        if shift.kind != "none" and (not shift.clients or pid in shift.clients):
+            x = self._shift(x, pid)
+        return x, y
 
     def _shift(self, x: torch.Tensor, pid: int) -> torch.Tensor:
         mean = self.data.mean.view(1, -1, 1, 1)
@@ -154,12 +188,14 @@ def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:
         )
     train_parts: list[np.ndarray] = []
     holdout_parts: list[np.ndarray] = []
+    val = scenario.evaluation.validation_fraction
+    val_parts: list[np.ndarray] | None = [] if val > 0 else None
     frac = scenario.evaluation.holdout_fraction
     for pid, idx in enumerate(parts):
         tr, ho = split_holdout(idx, frac, derive_rng(seed, "holdout", pid))
-        if scenario.evaluation.validation_fraction > 0:  # tuning: the holdout stays unseen
-            val = scenario.evaluation.validation_fraction
-            tr, ho = split_holdout(tr, val, derive_rng(seed, "validation", pid))
+        if val_parts is not None:  # the selection split: out of the training part
+            tr, va = split_holdout(tr, val, derive_rng(seed, "validation", pid))
+            val_parts.append(va)
         train_parts.append(tr)
         holdout_parts.append(ho)
-    return Federation(scenario, seed, data, train_parts, holdout_parts, labeled)
+    return Federation(scenario, seed, data, train_parts, holdout_parts, labeled, val_parts)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.augment import Augmenter, AugParams
 from fedsim.config import TrainConfig
 from fedsim.hooks import BatchLoss, ExtraLoss, TrainHooks, TrainStats, autocast, proximal_term
 
@@ -28,18 +29,39 @@ __all__ = [
     "make_optimizer",
     "proximal_term",
     "train_local",
+    "train_mode",
 ]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """The client's optimiser over the trainable parameters; ``lr`` is this round's rate
+    (:func:`fedsim.schedules.lr_at`), ``cfg.lr`` when not given."""
     params = [p for p in model.parameters() if p.requires_grad]
+    rate = cfg.lr if lr is None else lr
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params,
+            lr=rate,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=rate, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer}")  # validated at config load
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except modules whose parameters are all frozen
+    (``train.trainable``): they stay in eval mode, so a frozen BatchNorm keeps its running
+    statistics and normalises with them, as a frozen pretrained block should."""
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            module.eval()
 
 
 def uses_channels_last(model: nn.Module) -> bool:
@@ -85,23 +107,48 @@ def train_local(
     device: torch.device,
     precision: str = "fp32",
     hooks: TrainHooks | None = None,
+    augmenter: Augmenter | None = None,
+    aug_gen: torch.Generator | None = None,
 ) -> TrainStats:
     """Run local SGD on ``(x, y)`` in place on ``model``; returns mean loss and counts.
 
+    ``augmenter`` (``train.augment``) transforms every batch with draws from ``aug_gen``
+    (the client's per-round augmentation stream), batch after batch in the plan's order;
+    ``cfg.label_smoothing`` and ``cfg.clip_norm`` apply to the cross-entropy objective.
     Under a vectorised round (:func:`fedsim.vectorize.current`) the training is submitted
-    to the round's batched loop instead, with the same batches, and its result written
-    back into ``model`` and ``optimizer``.
+    to the round's batched loop instead, with the same batches and the same augmentation
+    draws, and its result written back into ``model`` and ``optimizer``.
     """
     from fedsim import vectorize
 
     hooks = hooks or TrainHooks()
     plan = batches(len(y), cfg.batch_size, cfg.local_epochs, cfg.local_steps, gen)
+    if augmenter is not None and aug_gen is None:
+        raise ValueError("train_local: an augmenter needs its generator (aug_gen)")
+    aug = _Augment(augmenter, aug_gen) if augmenter is not None else None
     batcher = vectorize.current()
     if batcher is not None and plan:
-        stats = _train_batched(batcher, model, x, y, optimizer, plan, device, precision, hooks)
+        stats = _train_batched(
+            batcher, model, x, y, optimizer, plan, device, precision, hooks, cfg, aug
+        )
         if stats is not None:
             return stats
-    return _train_sequential(model, x, y, optimizer, plan, device, precision, hooks)
+    return _train_sequential(model, x, y, optimizer, plan, device, precision, hooks, cfg, aug)
+
+
+class _Augment:
+    """An augmenter with the client's generator: one ``sample`` per batch, in order."""
+
+    def __init__(self, augmenter: Augmenter, gen: torch.Generator | None) -> None:
+        assert gen is not None
+        self.augmenter, self.gen = augmenter, gen
+
+    def draws(self, plan: list[torch.Tensor]) -> list[AugParams]:
+        return [self.augmenter.sample(len(idx), self.gen) for idx in plan]
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        params = self.augmenter.sample(len(xb), self.gen).to(xb.device)
+        return self.augmenter.apply(xb, params)
 
 
 def _train_batched(
@@ -114,6 +161,8 @@ def _train_batched(
     device: torch.device,
     precision: str,
     hooks: TrainHooks,
+    cfg: TrainConfig,
+    aug: _Augment | None,
 ) -> TrainStats | None:
     """Submit to the round's batched loop; None: train sequentially (``auto`` fallback)."""
     from fedsim import vectorize, vmap_train
@@ -126,6 +175,9 @@ def _train_batched(
         vectorize.note_fallback(batcher, reason)
         return None
     job = vmap_train.make_job(model, optimizer, x, y, plan, device, precision, hooks)
+    job.label_smoothing, job.clip_norm = float(cfg.label_smoothing), float(cfg.clip_norm)
+    if aug is not None:  # the same draws, in the same order, as the sequential loop makes
+        job.augmenter, job.aug_params = aug.augmenter, aug.draws(plan)
     job.lock = lock
     lock.release()  # the other clients of the round load their state meanwhile
     try:
@@ -153,8 +205,10 @@ def _train_sequential(
     device: torch.device,
     precision: str,
     hooks: TrainHooks,
+    cfg: TrainConfig,
+    aug: _Augment | None,
 ) -> TrainStats:
-    model.train()
+    train_mode(model)
     non_blocking = device.type == "cuda"
     if device.type == "cuda" and x.device != device:
         # the client's data go to the device once, not batch by batch
@@ -164,6 +218,8 @@ def _train_sequential(
     for idx in plan:
         xb = x[idx.to(x.device)].to(device, non_blocking=non_blocking)
         yb = y[idx.to(y.device)].to(device, non_blocking=non_blocking)
+        if aug is not None:
+            xb = aug(xb)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -172,13 +228,16 @@ def _train_sequential(
                 loss = hooks.loss(model, xb, yb)
             else:
                 logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 if hooks.extra_loss is not None:
                     loss = loss + hooks.extra_loss(model, xb, yb, logits)
         if hooks.prox_mu:
             assert hooks.prox_ref is not None, "TrainHooks.prox_mu needs prox_ref"
             loss = loss + proximal_term(model, hooks.prox_ref, hooks.prox_mu)
         loss.backward()
+        if cfg.clip_norm > 0:
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm, foreach=True)
         optimizer.step()
         if hooks.after_step is not None:
             hooks.after_step(model)

@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.hooks import TrainHooks, TrainStats, autocast
+from fedsim.training import train_mode
 
 
 @dataclass
@@ -45,6 +46,10 @@ class Job:
     prox_mu: float
     prox_ref: dict[str, torch.Tensor] | None
     lock: Any = None
+    augmenter: Any = None  # fedsim.augment.Augmenter (train.augment), or None
+    aug_params: list[Any] | None = None  # its draws, one AugParams per batch
+    label_smoothing: float = 0.0
+    clip_norm: float = 0.0
     done: bool = False
     error: BaseException | None = None
     stats: TrainStats | None = None
@@ -66,6 +71,9 @@ class Job:
             self.x.dtype,
             str(self.device),
             self.precision,
+            id(self.augmenter),
+            self.label_smoothing,
+            self.clip_norm,
         )
 
 
@@ -81,8 +89,8 @@ def blocker(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: TrainHook
     if isinstance(g["lr"], torch.Tensor):
         return "a tensor learning rate"
     if type(optimizer) is torch.optim.SGD:
-        if g["nesterov"] or g["dampening"] or g["maximize"]:
-            return "SGD with nesterov, dampening or maximize"
+        if g["dampening"] or g["maximize"]:
+            return "SGD with dampening or maximize"
         return None
     if type(optimizer) is torch.optim.Adam:
         if g["amsgrad"] or g["maximize"]:
@@ -206,7 +214,8 @@ def _train_group(jobs: list[Job]) -> None:
         r: dict[str, torch.Tensor] | None,
     ) -> torch.Tensor:
         with autocast(dev, j0.precision):
-            loss = F.cross_entropy(functional_call(model, ({**p, **fz}, bf), (xb,)), yb)
+            logits = functional_call(model, ({**p, **fz}, bf), (xb,))
+            loss = F.cross_entropy(logits, yb, label_smoothing=j0.label_smoothing)
         if r is not None:
             total = torch.zeros((), device=dev)
             for k in names:
@@ -217,7 +226,7 @@ def _train_group(jobs: list[Job]) -> None:
     step_fn = vmap(grad_and_value(loss_one), in_dims=(0, 0, 0, 0, 0, 0, 0 if with_ref else None))
     record: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (members, losses, batch size)
     was_training = model.training
-    model.train()
+    train_mode(model)
     try:
         for t in range(steps):
             col = bsize[:, t]
@@ -228,6 +237,10 @@ def _train_group(jobs: list[Job]) -> None:
 
                 gidx = index[sel_d, t, :size]
                 xb, yb = data_x[gidx], data_y[gidx]
+                if j0.augmenter is not None:  # every client's own draws, in one batched call
+                    draws = [jobs[i].aug_params[t] for i in sel.tolist()]
+                    flat = j0.augmenter.apply(xb.flatten(0, 1), type(draws[0]).cat(draws).to(dev))
+                    xb = flat.view_as(xb)
                 p_sel, b_sel = _pick(params, sel_d, full), _pick(buffers, sel_d, full)
                 grads, loss = step_fn(
                     p_sel,
@@ -238,6 +251,8 @@ def _train_group(jobs: list[Job]) -> None:
                     mu[sel_d],
                     _pick(ref, sel_d, full) if ref is not None else None,
                 )
+                if j0.clip_norm > 0:
+                    grads = _clip_rows(grads, j0.clip_norm)
                 new_p = opt.step(p_sel, grads, sel_d, full)
                 for k in names:
                     if full:
@@ -267,6 +282,13 @@ def _train_group(jobs: list[Job]) -> None:
         j.stats = TrainStats(totals[i] / max(1, seen[i]), counts[i], seen[i])
 
 
+def _clip_rows(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """``clip_grad_norm_`` for every client (row) at once: each row's global L2 norm."""
+    sq = sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values())
+    coef = (max_norm / (torch.as_tensor(sq).sqrt() + 1e-6)).clamp(max=1.0)
+    return {k: g * coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}
+
+
 class _StackedOptim:
     """``torch.optim.SGD`` / ``Adam`` on stacked tensors (one row per client)."""
 
@@ -276,6 +298,7 @@ class _StackedOptim:
         self.adam = type(jobs[0].optimizer) is torch.optim.Adam
         self.lr, self.wd = float(g["lr"]), float(g["weight_decay"])
         self.momentum = 0.0 if self.adam else float(g["momentum"])
+        self.nesterov = bool(g.get("nesterov", False))
         self.dev = dev
 
         def stacked(name: str) -> dict[str, torch.Tensor]:  # absent state starts at zeros
@@ -352,8 +375,9 @@ class _StackedOptim:
             if self.momentum:
                 hb = self.has_buf if full else self.has_buf.index_select(0, sel)
                 b = self._rows(self.buf, k, sel, full)
-                gk = torch.where(hb.view(shape), b * self.momentum + gk, gk)
-                self._put(self.buf, k, sel, full, gk)
+                buf = torch.where(hb.view(shape), b * self.momentum + gk, gk)
+                self._put(self.buf, k, sel, full, buf)
+                gk = gk + self.momentum * buf if self.nesterov else buf
             new[k] = p[k] - self.lr * gk
         if self.momentum:
             self.has_buf[sel] = True

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.config import BackboneConfig, TrainConfig
+from fedsim.augment import build_augmenter
+from fedsim.config import AugmentConfig, BackboneConfig, TrainConfig
 from fedsim.errors import ConfigError
 from fedsim.modelzoo import initial_model
 from fedsim.training import TrainHooks, make_optimizer, train_local
@@ -56,6 +57,7 @@ def _clients(
     rounds: int = 1,
     shape: tuple[int, int, int] = (1, 16, 16),
     declare: bool = True,
+    augment: str = "",
 ) -> list[dict[str, Any]]:
     """Train ``len(sizes)`` clients on one shared model, as ``Client.fit`` does (under the
     environment lock); ``mode`` off = one after the other, on = threads around a batcher.
@@ -65,6 +67,8 @@ def _clients(
     data = _data(sizes, shape)
     lock = threading.Lock()
     out: list[dict[str, Any]] = [{} for _ in sizes]
+    c = shape[0]
+    aug = build_augmenter(AugmentConfig(recipe=augment), torch.zeros(c), torch.ones(c))
 
     def fit(i: int, rnd: int) -> None:
         if i in drop:
@@ -77,7 +81,16 @@ def _clients(
             gen = torch.Generator().manual_seed(1000 * rnd + i)
             x, y = data[i]
             stats = train_local(
-                model, x, y, cfg, opt, gen, CPU, hooks=hooks(model) if hooks else None
+                model,
+                x,
+                y,
+                cfg,
+                opt,
+                gen,
+                CPU,
+                hooks=hooks(model) if hooks else None,
+                augmenter=aug,
+                aug_gen=torch.Generator().manual_seed(7000 * rnd + i) if aug else None,
             )
             out[i] = {
                 "state": {k: v.clone() for k, v in model.state_dict().items()},
@@ -173,6 +186,28 @@ def test_sgd_momentum_weight_decay_over_rounds() -> None:
         _clients("mlp", [15, 12], cfg, "off", rounds=2),
         _clients("mlp", [15, 12], cfg, "on", rounds=2),
     )
+
+
+def test_nesterov_clipping_and_label_smoothing() -> None:
+    cfg = TrainConfig(
+        batch_size=10, lr=0.05, momentum=0.9, nesterov=True, clip_norm=0.5, label_smoothing=0.1
+    )
+    seq = _clients("mlp", [15, 12], cfg, "off", rounds=2)
+    _agree(seq, _clients("mlp", [15, 12], cfg, "on", rounds=2))
+    plain = _clients("mlp", [15, 12], TrainConfig(batch_size=10, lr=0.05, momentum=0.9), "off")
+    assert not torch.allclose(seq[0]["state"]["head.weight"], plain[0]["state"]["head.weight"])
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "fraug_digits"])
+def test_augmentation_batched_equals_sequential(recipe: str) -> None:
+    # each client draws its own augmentation parameters; the batched loop applies all
+    # clients' draws in one call and must give every client the batches it alone would see
+    seq = _clients("cnn_digits", [20, 20, 20], SGD, "off", shape=(3, 16, 16), augment=recipe)
+    vec = _clients("cnn_digits", [20, 20, 20], SGD, "on", shape=(3, 16, 16), augment=recipe)
+    _agree(seq, vec)
+    plain = _clients("cnn_digits", [20, 20, 20], SGD, "off", shape=(3, 16, 16))
+    w = "conv1.weight"
+    assert not torch.allclose(seq[0]["state"][w], plain[0]["state"][w])  # it augmented
 
 
 def test_adam_over_rounds() -> None:
