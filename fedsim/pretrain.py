@@ -71,7 +71,7 @@ class Projector(nn.Module):
         self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)  # type: ignore[no-any-return]
+        return self.net(h)
 
 
 def validate(pc: PretrainConfig, cfg: RunConfig) -> None:
