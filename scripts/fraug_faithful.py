@@ -1,0 +1,195 @@
+"""FRAug vs FedBN on digits_feature_shift at the faithful protocol, paired over seeds.
+
+    .venv/bin/python scripts/fraug_faithful.py [--seeds 0 1 2 3 4] [--rounds 150]
+        [--width 0.25] [--with-fedavg] [--report-only]
+
+The protocol of the official FRAug Digits run (``docs/results/audit_fraug.md``) as far as
+fedsim and this machine go:
+
+* ``digits_feature_shift`` (MNIST, USPS, MNIST-M: one client per domain, ~743 training
+  images each) at 32 px, 3 channels;
+* the official input augmentation (``train.augment.recipe=fraug_digits``:
+  RandomResizedCrop(0.7-1), ColorJitter 0.3, RandomGrayscale 0.1);
+* a separate 10 % selection split per client (``evaluation.validation_fraction=0.1``,
+  ``holdout_fraction=0``: the other 90 % train); every round each client's test accuracy
+  is scored on the whole test file of its domain (``evaluation.test=domain_file``: MNIST
+  10,000, USPS 2,007, MNIST-M 2,000 images) and reported at its best selection round
+  (``eval/acc_at_best_val``) and at the last round;
+* ``--rounds`` x 20 local iterations x batch 64, SGD lr 0.01, momentum 0.5, optimiser
+  state kept (the official schedule is 300 rounds; 150 is what the CPU allows);
+* ``cnn_digits`` at ``--width`` (1.0 is the official model; 0.25 on a CPU);
+* every strategy the same seeds: a seed fixes the partition, the splits and the initial
+  model, so the comparison is paired.
+
+Resumable: complete runs are skipped; a run with a checkpoint (every 10 rounds) continues
+with ``fedsim resume``.  Seed by seed, so an interrupted sweep has complete pairs.  After
+every run the report is rewritten from what is complete: ``docs/results/fraug_faithful.md``
+and ``docs/results/fraug_faithful.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_stats import diff_cell, final_metrics, mean_sd, paired, status
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ("mnist", "usps", "mnistm")
+PROTOCOL = {
+    "scenario": "digits_feature_shift",
+    "image_size": 32,
+    "augment": "fraug_digits",
+    "validation_fraction": 0.1,
+    "test": "domain_file",
+    "local_steps": 20,
+    "batch_size": 64,
+    "lr": 0.01,
+    "momentum": 0.5,
+}
+
+
+def overrides(strategy: str, seed: int, rounds: int, width: float, out: Path) -> list[str]:
+    p = PROTOCOL
+    return [
+        f"scenario={p['scenario']}", f"scenario.dataset.image_size={p['image_size']}",
+        f"train.augment.recipe={p['augment']}",
+        f"scenario.evaluation.validation_fraction={p['validation_fraction']}",
+        "scenario.evaluation.holdout_fraction=0", f"scenario.evaluation.test={p['test']}",
+        "scenario.evaluation.global_test=false", f"strategy={strategy}",
+        f"train.local_steps={p['local_steps']}", f"train.batch_size={p['batch_size']}",
+        f"train.lr={p['lr']}", f"train.momentum={p['momentum']}",
+        "train.persist_optimizer=true", "backbone=cnn_digits", f"backbone.width={width}",
+        f"seed={seed}", f"rounds={rounds}", "eval_every=1", "checkpoint_every=10",
+        "runtime.threads=1", f"experiment=fraug_faithful-{width:g}", f"output_dir={out}",
+        "progress=false", "overwrite=true",
+    ]  # fmt: skip
+
+
+def run_dir(out: Path, strategy: str, seed: int, width: float) -> Path:
+    return out / f"fraug_faithful-{width:g}" / strategy / f"seed-{seed}"
+
+
+def run_one(strategy: str, seed: int, rounds: int, width: float, out: Path) -> None:
+    path = run_dir(out, strategy, seed, width)
+    if status(path) == "complete":
+        return
+    fedsim = str(Path(sys.executable).parent / "fedsim")
+    if (path / "checkpoint.pt").exists():
+        cmd = [fedsim, "resume", str(path)]
+    else:
+        cmd = [fedsim, "run", *overrides(strategy, seed, rounds, width, out)]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"{strategy} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+
+
+def figures(final: dict[str, float]) -> dict[str, float]:
+    """Per domain and mean, at the best selection round and at the last round."""
+    out = {"best/mean": final["eval/acc_at_best_val"], "last/mean": final["eval/acc"]}
+    for d in DOMAINS:
+        out[f"best/{d}"] = final[f"eval/acc_at_best_val_domain/{d}"]
+        out[f"last/{d}"] = final[f"eval/acc_domain/{d}"]
+    return out
+
+
+def summarise(strategies: list[str], seeds: list[int], rounds: int, width: float,
+              out: Path) -> dict[str, Any]:  # fmt: skip
+    done = [s for s in seeds if all(status(run_dir(out, st, s, width)) == "complete"
+                                    for st in strategies)]  # fmt: skip
+    per: dict[str, Any] = {}
+    for st in strategies:
+        rows = [figures(final_metrics(run_dir(out, st, s, width))) for s in done]
+        keys = list(rows[0]) if rows else []
+        per[st] = {"seeds": done, "per_seed": {k: [r[k] for r in rows] for k in keys}}
+    stats: dict[str, Any] = {}
+    if done:
+        for other in (s for s in strategies if s != "fedbn"):
+            stats[f"{other}-fedbn"] = {
+                k: paired(per["fedbn"]["per_seed"][k], per[other]["per_seed"][k])
+                for k in per["fedbn"]["per_seed"]
+            }
+    return {
+        "protocol": {**PROTOCOL, "rounds": rounds, "width": width, "holdout_fraction": 0.0},
+        "strategies": per,
+        "paired": stats,
+    }
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    proto = summary["protocol"]
+    per = summary["strategies"]
+    lines = [
+        "# FRAug vs FedBN at the faithful protocol (digits_feature_shift, 32 px)",
+        "",
+        f"Produced by `{command}`; summary `fraug_faithful.json` (rewritten after every run).",
+        "",
+        f"Protocol: {proto['rounds']} rounds x {proto['local_steps']} local iterations, batch "
+        f"{proto['batch_size']}, SGD lr {proto['lr']}, momentum {proto['momentum']}, "
+        f"optimiser state kept; `cnn_digits` width {proto['width']}; augmentation "
+        f"`{proto['augment']}`; 10 % selection split per client, the rest trains; test = "
+        "the whole test file of the client's domain (MNIST 10,000, USPS 2,007, MNIST-M "
+        "2,000).  *best*: each client's test accuracy at its best selection round; *last*: "
+        "the last round.  Accuracy in %, mean ± sd over the seeds listed; differences in "
+        "points with a 95 % t interval; paired t and Wilcoxon two-sided p.",
+        "",
+    ]
+    seeds = next(iter(per.values()))["seeds"] if per else []
+    lines.append(f"Seeds complete (every strategy): {seeds or 'none yet'}")
+    lines.append("")
+    if not seeds:
+        return "\n".join(lines) + "\n"
+    keys = list(next(iter(per.values()))["per_seed"])
+    lines += ["| figure | " + " | ".join(per) + " |", "|---" * (len(per) + 1) + "|"]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(mean_sd(per[s]["per_seed"][k]) for s in per) + " |")
+    for pair, table in summary["paired"].items():
+        lines += ["", f"### {pair} (paired over seeds {seeds})", "",
+                  "| figure | difference [95 % CI] | paired t p | Wilcoxon p |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for k, st in table.items():
+            lines.append(
+                f"| {k} | {diff_cell(st)} | {st.get('t_p', float('nan')):.3f} "
+                f"| {st.get('wilcoxon_p', float('nan')):.3f} |"
+            )
+    notes = ROOT / "docs" / "results" / "fraug_faithful_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--rounds", type=int, default=150)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--with-fedavg", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "results" / "fraug_faithful.md")
+    ap.add_argument("--report-only", action="store_true")
+    ns = ap.parse_args()
+    strategies = ["fedbn", "fraug", *(["fedavg"] if ns.with_fedavg else [])]
+    command = "python scripts/fraug_faithful.py " + " ".join(sys.argv[1:])
+
+    def report() -> None:
+        summary = summarise(strategies, ns.seeds, ns.rounds, ns.width, ns.out)
+        ns.doc.write_text(markdown(summary, command.strip()))
+        ns.doc.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    if not ns.report_only:
+        for seed in ns.seeds:
+            for strategy in strategies:
+                run_one(strategy, seed, ns.rounds, ns.width, ns.out)
+                report()
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
