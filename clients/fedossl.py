@@ -19,6 +19,15 @@ enters a loss):
 * ``L_S``: ``w_yhat (1 - p_yhat) / |C|`` on unlabelled samples, per view, with
   ``w_c = beta^(1 - N_c / N_max)`` (:func:`protocols.fedossl_math.suppression_weights`).
 
+The two views of a batch come from the shared augmenter (``train.augment``,
+:mod:`fedsim.augment`; the scenario's ``augment`` when no recipe is given): view 1's
+``sample``/``apply``, then view 2's, both drawing from the client's augmentation stream of
+the round (:meth:`fedsim.client.Client.augment_generator`).  The official code always
+augments, so a run whose ``train.augment`` changes nothing is refused at load
+(:func:`protocols.fedossl.validate_fedossl`) instead of training on two identical views.
+The random partners of labelled samples draw from a stream of their own
+(``fedossl-pairs``).
+
 Persistent client state (``context.state``):
 
 * ``fedsim.local`` — batch-norm running statistics (never leave the client);
@@ -48,8 +57,10 @@ import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
+from fedsim.augment import Augmenter
 from fedsim.backbones import Backbone, NormedLinear, bn_running_stat_keys, replace_head
 from fedsim.client import Client, ClientEnv
+from fedsim.errors import ConfigError
 from fedsim.federation import Federation
 from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
@@ -62,6 +73,7 @@ from protocols.fedossl import (
     ClusterPayload,
     FedoSSLConfig,
     fedossl_config,
+    views_needed,
 )
 from protocols.fedossl_math import local_kmeans, pseudo_label_stats, suppression_weights
 
@@ -76,34 +88,6 @@ def hide_labels(y: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
 
 
 _SETUP_LOCK = threading.Lock()
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def augment(
-    x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random crop with zero padding + random horizontal flip, per sample, on a batch.
-
-    ``x`` is ``N x C x H x W``; each sample is padded by ``padding`` pixels on every side
-    and a random ``H x W`` window is cut (torchvision's ``RandomCrop(H, padding)``), then
-    mirrored with probability 1/2 if ``flip``.
-    """
-    n, _, h, w = x.shape
-    out = x
-    if padding > 0:
-        padded = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N x H x 1
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N x 1 x W
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out.contiguous()
 
 
 # --------------------------------------------------------------------------- loss terms
@@ -164,8 +148,9 @@ class FedoSSLObjective:
     memory: torch.Tensor  # M x D, newest first
     num_classes: int
     seen: tuple[int, ...]
-    padding: int
-    gen: torch.Generator
+    augmenter: Augmenter  # train.augment: the two views of every batch
+    aug_gen: torch.Generator  # the client's augmentation stream of the round
+    gen: torch.Generator  # the labelled samples' random partners
     labeled_sum: torch.Tensor = field(init=False)
     labeled_count: torch.Tensor = field(init=False)
     parts: dict[str, float] = field(default_factory=dict)
@@ -182,17 +167,24 @@ class FedoSSLObjective:
     def _log(self, name: str, value: torch.Tensor) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + float(value.detach())
 
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """View 1 of the batch, then view 2, stacked (``2N x C x H x W``).
+
+        Two ``sample``/``apply`` calls of the shared augmenter, view 1's draws first, both
+        from the client's augmentation stream; outside autocast, so bf16 never rounds the
+        pixels of a view.
+        """
+        aug = self.augmenter
+        with torch.autocast(x.device.type, enabled=False):
+            first = aug.apply(x, aug.sample(len(x), self.aug_gen))
+            second = aug.apply(x, aug.sample(len(x), self.aug_gen))
+        return torch.cat([first, second])
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert isinstance(model, Backbone)
         c = self.cfg
         n = x.shape[0]
-        views = torch.cat(
-            [
-                augment(x, self.padding, c.hflip, self.gen),
-                augment(x, self.padding, c.hflip, self.gen),
-            ]
-        )
-        feats = model.features(views)
+        feats = model.features(self.views(x))
         logits = model.head(feats)
         f1, f2 = feats[:n], feats[n:]
         o1, o2 = logits[:n], logits[n:]
@@ -265,10 +257,6 @@ class FedoSSLObjective:
 
 
 # --------------------------------------------------------------------------- client
-
-
-def _crop_padding(cfg: FedoSSLConfig, height: int) -> int:
-    return cfg.crop_padding if cfg.crop_padding >= 0 else max(1, height // 8)
 
 
 _EVAL_SETS: dict[tuple[int, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -353,6 +341,17 @@ class FedoSSLClient(Client):
         conf, pred = probs.max(1)
         return float(1.0 - conf.mean()), torch.bincount(pred, minlength=num).float()
 
+    def _augmenter(self) -> Augmenter:
+        """The shared augmenter that makes the two views (refused at load when off)."""
+        if self.env.augmenter is None:  # only ops that do nothing on these images
+            raise ConfigError(views_needed(self.cfg))
+        return self.env.augmenter
+
+    def _augment_stream(self, server_round: int) -> torch.Generator:
+        gen = self.augment_generator(server_round)
+        assert gen is not None  # there is an augmenter
+        return gen
+
     def _memory(self, dim: int) -> torch.Tensor:
         """The bank a round starts from: empty (``round``) or last round's (``fifo``)."""
         if self.fcfg.memory_scope == "fifo" and STATE_KEY in self.state.array_records:
@@ -380,7 +379,7 @@ class FedoSSLClient(Client):
             margin = min(u_bar, f.margin_cap)
             opt = self.optimizer(ins.server_round)
             gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
-            aug_gen = torch_generator(self.cfg.seed, "fedossl-aug", ins.server_round, self.pid)
+            pairs = torch_generator(self.cfg.seed, "fedossl-pairs", ins.server_round, self.pid)
             objective = FedoSSLObjective(
                 f,
                 ins.server_round,
@@ -392,8 +391,9 @@ class FedoSSLClient(Client):
                 self._memory(model.feature_dim),
                 num,
                 self.roles.seen,
-                _crop_padding(f, int(data.x.shape[2])),
-                aug_gen,
+                self._augmenter(),
+                self._augment_stream(ins.server_round),
+                pairs,
             )
             stats = train_local(
                 model,
@@ -404,7 +404,7 @@ class FedoSSLClient(Client):
                 gen,
                 self.env.device,
                 self.cfg.precision,
-                TrainHooks(loss=objective),
+                TrainHooks(loss=objective),  # no augmenter here: the loss makes both views
             )
             extra = {}
             state = {

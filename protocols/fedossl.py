@@ -33,7 +33,11 @@ OPEN_WORLD_KEYS = (
 
 @dataclass
 class FedoSSLConfig(StrategyConfig):
-    """FedoSSL hyper-parameters; defaults are the official code's (spec §6) unless noted."""
+    """FedoSSL hyper-parameters; defaults are the official code's (spec §6) unless noted.
+
+    The two views of a batch are ``train.augment``'s: the earlier ``strategy.crop_padding``
+    and ``strategy.hflip`` are ``train.augment.crop_padding`` and ``train.augment.flip``.
+    """
 
     name: str = "fedossl"
     # uncertainty-aware suppressed loss L_S (paper; commented out in the public code)
@@ -62,9 +66,7 @@ class FedoSSLConfig(StrategyConfig):
     sk_iters_global: int = 100
     global_steps: int = 500
     global_lr: float = 0.01
-    # augmentation (two views on tensors)
-    crop_padding: int = -1  # -1: image height / 8 (4 px on 32x32, as the code)
-    hflip: bool = True  # random horizontal flip (turn off for digits)
+    # the two views come from train.augment (fedsim.augment), not from keys of this config
     # evaluation and initialisation
     protocol: str = "transductive"  # transductive | heldout
     eval_samples: int = 0  # > 0: evaluate on a fixed random subset of this size
@@ -112,6 +114,30 @@ def fedossl_config(cfg: RunConfig) -> FedoSSLConfig:
     return s
 
 
+def augments(cfg: RunConfig) -> bool:
+    """Whether ``train.augment`` (or the scenario's ``augment``) changes an image.
+
+    Judged on 3-channel images: colour-only ops that do nothing on grey images pass here
+    and are refused by the client, which knows the channels.
+    """
+    import torch  # only when checking: this module stays import-light
+
+    from fedsim.augment import Augmenter, resolve
+
+    ops = resolve(cfg.train.augment, cfg.scenario.augment)
+    return Augmenter(ops, torch.zeros(3), torch.ones(3)).active
+
+
+def views_needed(cfg: RunConfig) -> str:
+    """The one-line refusal of a FedoSSL run whose augmentation changes nothing."""
+    recipe = cfg.train.augment.recipe or cfg.scenario.augment or "none"
+    return (
+        f"train.augment.recipe: strategy {cfg.strategy.name} draws its two views from "
+        f"train.augment, which changes nothing here (recipe {recipe!r}); set a recipe, "
+        "e.g. train.augment.recipe=cifar (the official code's crop and flip)"
+    )
+
+
 def validate_fedossl(cfg: RunConfig) -> None:
     """Semantic checks of a FedoSSL run; ConfigError names the key and what is allowed."""
     s = fedossl_config(cfg)
@@ -129,6 +155,7 @@ def validate_fedossl(cfg: RunConfig) -> None:
         s.protocol in PROTOCOLS,
         f"strategy.protocol: unknown '{s.protocol}' (allowed: {', '.join(PROTOCOLS)})",
     )
+    need(augments(cfg), views_needed(cfg))
     need(
         s.memory_scope in MEMORY_SCOPES,
         f"strategy.memory_scope: unknown '{s.memory_scope}' (allowed: {', '.join(MEMORY_SCOPES)})",

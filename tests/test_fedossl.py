@@ -13,14 +13,15 @@ from recording import RecordingGrid
 from clients.fedossl import (
     STATE_KEY,
     FedoSSLObjective,
-    augment,
     hide_labels,
     margin_cross_entropy,
     pair_partners,
     suppressed_loss,
 )
 from fedsim.app import CONFIG_KEY, make_client_app
+from fedsim.augment import Augmenter, AugParams, build_augmenter, resolve
 from fedsim.conf import to_json
+from fedsim.config import AugmentConfig
 from fedsim.errors import ConfigError
 from fedsim.server import run_experiment
 from protocols.fedossl import GLOBAL_RECORD, LOCAL_RECORD, FedoSSLConfig, validate_fedossl
@@ -81,19 +82,6 @@ def test_pair_partners_same_class_for_labelled_nearest_for_unlabelled() -> None:
     assert partner[2] == 2  # the only labelled sample of class 1 pairs with itself
     assert partner[3] == 2  # unlabelled: the most similar other sample
     assert partner[4] == 0
-
-
-def test_augment_keeps_shape_and_is_identity_without_crop_and_flip() -> None:
-    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    assert torch.equal(augment(x, 0, False), x)
-    gen = torch.Generator().manual_seed(1)
-    flipped = augment(x, 0, True, gen)
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
-    cropped = augment(x, 1, False, torch.Generator().manual_seed(2))
-    assert cropped.shape == x.shape
-    # every crop is a shifted window: its centre pixels come from the image or are zero pad
-    assert set(cropped.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
 
 
 # ------------------------------------------------------------------ clustering
@@ -184,7 +172,18 @@ def test_registry_variants_switch_the_right_terms() -> None:
     assert {public.memory_scope, with_ls.memory_scope} == {"round"}
 
 
-def _objective(server_round: int, memory: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+def _augmenter(recipe: str = "cifar", channels: int = 1) -> Augmenter:
+    aug = build_augmenter(AugmentConfig(recipe=recipe), torch.zeros(channels), torch.ones(channels))
+    assert aug is not None
+    return aug
+
+
+def _objective(  # type: ignore[no-untyped-def]
+    server_round: int,
+    memory: torch.Tensor | None = None,
+    augmenter: Augmenter | None = None,
+    aug_seed: int = 3,
+):
     from fedsim.backbones import NormedLinear, replace_head
     from fedsim.config import BackboneConfig
     from fedsim.modelzoo import initial_model
@@ -195,7 +194,7 @@ def _objective(server_round: int, memory: torch.Tensor | None = None):  # type: 
     gen = torch.Generator().manual_seed(0)
     cg = F.normalize(torch.randn(10, dim, generator=gen), dim=1)
     obj = FedoSSLObjective(
-        FedoSSLConfig(pseudo_threshold=1e-3, hflip=False),
+        FedoSSLConfig(pseudo_threshold=1e-3),
         server_round,
         0.1,
         torch.ones(10),
@@ -203,7 +202,8 @@ def _objective(server_round: int, memory: torch.Tensor | None = None):  # type: 
         torch.zeros(0, dim) if memory is None else memory,
         10,
         (0, 1, 2, 3, 4, 5),
-        0,
+        augmenter or _augmenter(),
+        torch.Generator().manual_seed(aug_seed),
         gen,
     )
     return model, obj
@@ -236,6 +236,100 @@ def test_memory_bank_holds_both_views_of_this_round_only() -> None:
     assert torch.allclose(obj.memory.norm(dim=1), torch.ones(48), atol=1e-5)
 
 
+# ------------------------------------------------------------------ two views
+
+
+class CountingAugmenter(Augmenter):
+    """The shared augmenter of a recipe (grey images, mean 0.5, std 0.25), counting calls."""
+
+    def __init__(self, recipe: str) -> None:
+        super().__init__(resolve(AugmentConfig(recipe=recipe)), torch.tensor([0.5]), GREY_STD)
+        self.samples: list[tuple[int, torch.Generator]] = []
+        self.applies = 0
+
+    def sample(self, n: int, gen: torch.Generator) -> AugParams:
+        self.samples.append((n, gen))
+        return super().sample(n, gen)
+
+    def apply(self, x: torch.Tensor, params: AugParams) -> torch.Tensor:
+        self.applies += 1
+        return super().apply(x, params)
+
+
+GREY_STD = torch.tensor([0.25])
+BLACK = -2.0  # (0 - 0.5) / 0.25: what the zero padding of a crop becomes
+
+
+def test_the_two_views_are_two_sample_apply_calls_of_the_shared_augmenter() -> None:
+    aug = CountingAugmenter("cifar")
+    model, obj = _objective(2, augmenter=aug)
+    x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = hide_labels(torch.arange(12) % 10, torch.arange(12) < 6)
+    obj(model, x, y)
+    obj(model, x, y)
+    assert [n for n, _ in aug.samples] == [12] * 4 and aug.applies == 4  # two per batch
+    assert all(gen is obj.aug_gen for _, gen in aug.samples)  # the augmentation stream
+
+
+def test_view_one_draws_first_then_view_two_from_the_augmentation_stream() -> None:
+    aug = CountingAugmenter("cifar")
+    _, obj = _objective(2, augmenter=aug, aug_seed=5)
+    x = torch.arange(4 * 64, dtype=torch.float32).view(4, 1, 8, 8)
+    views = obj.views(x)
+    stream = torch.Generator().manual_seed(5)
+    first = aug.apply(x, aug.sample(4, stream))
+    second = aug.apply(x, aug.sample(4, stream))
+    assert torch.equal(views, torch.cat([first, second]))
+    assert not torch.equal(views[:4], views[4:])  # two draws, not one view twice
+
+
+def test_the_recipe_decides_the_views_cifar_moves_pixels_fraug_digits_resamples() -> None:
+    pixels = 0.1 + 0.8 * (torch.arange(8 * 64, dtype=torch.float32) + 0.5) / (8 * 64)
+    x = ((pixels - 0.5) / 0.25).view(8, 1, 8, 8)  # distinct grey levels, none black
+    for recipe, whole_pixels in (("cifar", True), ("fraug_digits", False)):
+        _, obj = _objective(2, augmenter=CountingAugmenter(recipe))
+        views = obj.views(x)
+        assert views.shape == (16, 1, 8, 8)
+        # pad-crop and flip only move pixels: a view holds its image's values and black
+        moved = [
+            set(views[v].unique().tolist()) <= set(x[v % 8].unique().tolist()) | {BLACK}
+            for v in range(16)
+        ]
+        assert all(moved) if whole_pixels else not any(moved), recipe
+
+
+def test_fedossl_has_no_augmentation_of_its_own(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import clients.fedossl as client
+
+    assert not hasattr(client, "augment") and not hasattr(client, "_crop_padding")
+    assert not {f.name for f in dataclasses.fields(FedoSSLConfig)} & {"hflip", "crop_padding"}
+    with pytest.raises(ConfigError, match=r"strategy\.hflip: unknown key"):
+        fast_cfg("strategy=fedossl", "scenario=digits_open_world", "strategy.hflip=false")
+
+
+def test_fedossl_refuses_augmentation_that_changes_nothing(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    refusal = r"train\.augment\.recipe: strategy fedossl_orca draws its two views from"
+    with pytest.raises(ConfigError, match=refusal):
+        fast_cfg("strategy=fedossl_orca", "scenario=digits_open_world", "train.augment.recipe=none")
+    with pytest.raises(ConfigError, match=r"changes nothing here \(recipe 'cifar'\)"):
+        fast_cfg(
+            "strategy=fedossl",
+            "scenario=digits_open_world",
+            "train.augment.recipe=cifar",
+            "train.augment.crop_padding=0",
+            "train.augment.flip=0",
+        )
+    # the open-world scenarios name a recipe: the official views on CIFAR, no flip on digits
+    assert fast_cfg("strategy=fedossl", "scenario=digits_open_world").scenario.augment == (
+        "fraug_digits"
+    )
+    scenarios = Path(__file__).resolve().parents[1] / "scenarios"
+    assert "\naugment: cifar\n" in (scenarios / "cifar10_open_world.yaml").read_text()
+    assert "\naugment: fraug_digits\n" in (scenarios / "mnist_open_world.yaml").read_text()
+
+
 def test_hidden_labels_are_negative_and_recoverable_for_measurement_only() -> None:
     y = torch.tensor([0, 3, 7, 9])
     hidden = hide_labels(y, torch.tensor([True, False, False, True]))
@@ -257,6 +351,7 @@ def test_pseudo_label_stats_hungarian_and_identity_on_seen() -> None:
 def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     fast_cfg,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fedsim.backbones import bn_running_stat_keys
     from fedsim.client import LOCAL_KEY, OPTIM_KEY
@@ -269,7 +364,6 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
         "strategy.calib_start_round=2",
         "strategy.pseudo_start_round=2",
         "strategy.global_steps=20",
-        "strategy.hflip=false",
         "strategy.memory_size=4096",
         "strategy.local_centroids=8",
         "train.batch_size=64",
@@ -278,6 +372,14 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
         "train.momentum=0.9",
         "runtime.threads=1",
     )
+    sampled: list[int] = []
+    shared_sample = Augmenter.sample
+
+    def counting_sample(self: Augmenter, n: int, gen: torch.Generator) -> AugParams:
+        sampled.append(n)
+        return shared_sample(self, n, gen)
+
+    monkeypatch.setattr(Augmenter, "sample", counting_sample)
     grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
     run_experiment(grid, cfg, tmp_path / "run")
     sent_train = [m for m in grid.sent if m.has_content() and GLOBAL_RECORD in m.content]
@@ -306,8 +408,13 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     # the bank holds both views of this round's one epoch only, not last round's features
     from fedsim.federation import build_federation
 
-    n0 = len(build_federation(cfg.scenario, cfg.seed).client(0).y)
+    fed = build_federation(cfg.scenario, cfg.seed)
+    n0 = len(fed.client(0).y)
     assert state.array_records[STATE_KEY]["memory"].numpy().shape[0] == 2 * n0
+    # the shared augmenter made two views of every trained image and nothing else (the
+    # loop does not augment the batch the loss receives); batches of one are dropped
+    sizes = [len(fed.client(c).y) for c in range(5)]
+    assert sum(sampled) == 2 * 2 * sum(n - (n % 64 == 1) for n in sizes)
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
     for key in ("train/pseudo_passed", "train/pseudo_count", "fedossl/pseudo_passed"):
         assert f'"{key}"' in metrics

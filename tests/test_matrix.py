@@ -44,7 +44,6 @@ def overrides(name: str, channel: str, tmp_path: Path, workers: int) -> list[str
         out += [
             "scenario=digits_open_world",
             "backbone.width=0.25",
-            "strategy.hflip=false",
             "train.local_epochs=1",
             "train.batch_size=64",
         ]
