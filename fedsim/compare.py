@@ -56,7 +56,14 @@ COMPARE_DIR = "compare"
 #: The baseline of the paired tests when ``--baseline`` is not given (if one group has it).
 DEFAULT_BASELINE = "fedavg"
 #: Metrics reported (final value) next to the compared one, when the runs have them.
-HEADLINE = ["eval/acc", "eval/global_acc", "train/loss"]
+HEADLINE = [
+    "eval/acc",
+    "eval/acc_p10",  # the spread across clients FL papers report beside the mean
+    "eval/acc_min",
+    "eval/acc_at_best_val",  # with evaluation.validation_fraction: model selection
+    "eval/global_acc",
+    "train/loss",
+]
 #: Config keys that may differ between the runs of a fair comparison.
 FREE_KEYS = {
     "seed",

@@ -55,3 +55,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except modules whose parameters are all frozen
+    (``train.trainable``): they stay in eval mode, so a frozen BatchNorm keeps its running
+    statistics and normalises with them, as a frozen pretrained block should."""
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            module.eval()

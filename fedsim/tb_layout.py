@@ -24,8 +24,16 @@ HPARAM_METRICS = ["eval/acc", "eval/global_acc", "train/loss"]
 HPARAM_EXTRA = ["comm/bytes_up_total", "comm/bytes_down_total", "wall_s"]
 #: One CUSTOM SCALARS chart per metric, grouped by category, in this order (eval first).
 LAYOUT_METRICS = {
-    "eval": ["eval/acc", "eval/global_acc", "eval/loss", "eval/global_loss"],
-    "train": ["train/loss"],
+    "eval": [
+        "eval/acc",
+        "eval/acc_p10",
+        "eval/acc_min",
+        "eval/acc_at_best_val",
+        "eval/global_acc",
+        "eval/loss",
+        "eval/global_loss",
+    ],
+    "train": ["train/loss", "train/lr"],
     "comm": ["comm/bytes_up_total", "comm/bytes_down_total", "comm/bytes_up", "comm/bytes_down"],
     "time": ["time/elapsed_s", "time/round_s"],
 }

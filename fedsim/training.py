@@ -16,7 +16,15 @@ from torch import nn
 
 from fedsim.augment import Augmenter, AugParams
 from fedsim.config import TrainConfig
-from fedsim.hooks import BatchLoss, ExtraLoss, TrainHooks, TrainStats, autocast, proximal_term
+from fedsim.hooks import (
+    BatchLoss,
+    ExtraLoss,
+    TrainHooks,
+    TrainStats,
+    autocast,
+    proximal_term,
+    train_mode,
+)
 
 __all__ = [
     "BatchLoss",
@@ -51,17 +59,6 @@ def make_optimizer(
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=rate, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer}")  # validated at config load
-
-
-def train_mode(model: nn.Module) -> None:
-    """``model.train()``, except modules whose parameters are all frozen
-    (``train.trainable``): they stay in eval mode, so a frozen BatchNorm keeps its running
-    statistics and normalises with them, as a frozen pretrained block should."""
-    model.train()
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if own and not any(p.requires_grad for p in own):
-            module.eval()
 
 
 def uses_channels_last(model: nn.Module) -> bool:

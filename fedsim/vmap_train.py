@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedsim.hooks import TrainHooks, TrainStats, autocast
-from fedsim.training import train_mode
+from fedsim.hooks import TrainHooks, TrainStats, autocast, train_mode
 
 
 @dataclass
