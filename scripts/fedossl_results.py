@@ -68,6 +68,35 @@ BUDGETS: dict[str, list[str]] = {
 }
 
 
+#: ``--pretrain-epochs N``: scenario -> the SimCLR checkpoint every run starts from, and the
+#: layers that train (the last block and the head of ``cnn_digits``: the official run
+#: trains ResNet-18's ``layer4`` and the head on top of SimCLR weights)
+PRETRAINED: dict[str, Path] = {}
+TRAINABLE = "train.trainable=[fc2,bn5,head]"
+
+
+def pretrain_command(scenario: str, ckpt: Path, epochs: int) -> list[str]:
+    """``fedsim pretrain`` on the scenario's pooled training images (not their labels)."""
+    budget = [o for o in BUDGETS[scenario] if o.startswith("scenario.")]
+    return [
+        FEDSIM, "pretrain", f"scenario={scenario}", "backbone=cnn_digits", "backbone.width=0.25",
+        *budget, "runtime.threads=1", "--epochs", str(epochs), "--batch-size", "256",
+        "--out", str(ckpt),
+    ]  # fmt: skip
+
+
+def pretrain(out: Path, scenario: str, epochs: int) -> Path:
+    """The scenario's checkpoint, made (or resumed from its ``.partial``) if missing."""
+    ckpt = out / f"simclr-{scenario}-{epochs}ep.pt"
+    if not ckpt.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        subprocess.run(pretrain_command(scenario, ckpt, epochs), cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        print(f"pretrained {ckpt} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return ckpt
+
+
 #: extra ablation (``--ablations``): name -> (registered strategy, overrides)
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "fedossl_no_pseudo": ("fedossl", ["strategy.pseudo_labels=false"]),
@@ -98,6 +127,11 @@ def overrides(out: Path, scenario: str, method: str, seed: int) -> list[str]:
         *COMMON,
         *BUDGETS[scenario],
         *extra,
+        *(
+            [f"backbone.checkpoint={PRETRAINED[scenario]}", TRAINABLE]
+            if scenario in PRETRAINED
+            else []
+        ),
     ]
 
 
@@ -277,6 +311,20 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         f"{platform.python_version()}, one CPU thread per run (`runtime.threads=1`, "
         "`nice -n 10`), one run at a time, on a 2-core machine shared with other work "
         "(wall times are indicative only).",
+        *(
+            [
+                "* **Pretrained start**: every run loads a SimCLR checkpoint of its scenario "
+                "(`fedsim pretrain` on the pooled client training images, never their labels) "
+                f"and trains only `{TRAINABLE.split('=', 1)[1]}` (the last block and the "
+                "head); checkpoints made by: "
+                + "; ".join(
+                    f"`{' '.join(pretrain_command(sc, ck, args.pretrain_epochs)[1:])}`"
+                    for sc, ck in PRETRAINED.items()
+                )
+            ]
+            if PRETRAINED
+            else []
+        ),
         f"* Complete: {done} of {total} runs.\n",
         "## Accuracy\n",
         table(out, scenarios, seeds),
@@ -293,7 +341,20 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
     if args.notes and notes.is_file():
         parts.append(notes.read_text())
     (REPO / args.doc).write_text("\n".join(parts))
-    (REPO / args.summary).write_text(json.dumps(summary(out, scenarios, seeds), indent=2) + "\n")
+    doc = summary(out, scenarios, seeds)
+    if PRETRAINED:
+        doc = {
+            "protocol": {
+                "pretrained": True,
+                "pretrain_commands": {
+                    sc: " ".join(pretrain_command(sc, ck, args.pretrain_epochs)[1:])
+                    for sc, ck in PRETRAINED.items()
+                },
+                "trainable": TRAINABLE,
+            },
+            **doc,
+        }
+    (REPO / args.summary).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def main() -> None:
@@ -310,8 +371,22 @@ def main() -> None:
     parser.add_argument("--summary", default="docs/results/fedossl_summary.json")
     parser.add_argument("--notes", default="docs/results/fedossl_notes.md",
                         help="the written discussion appended to --doc")  # fmt: skip
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=0,
+        help="> 0: SimCLR-pretrain a checkpoint per scenario first (fedsim pretrain), start "
+        "fedossl and fedossl_orca from it with only the last block and the head trainable",
+    )  # fmt: skip
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
+    if args.pretrain_epochs > 0:
+        global METHODS
+        METHODS = ("fedossl", "fedossl_orca")
+        for sc in args.only:
+            PRETRAINED[sc] = (
+                pretrain(out, sc, args.pretrain_epochs)
+                if not args.report_only
+                else out / f"simclr-{sc}-{args.pretrain_epochs}ep.pt"
+            )
     if not args.report_only:
         todo = [(sc, m, s) for sc in args.only for s in args.seeds for m in METHODS]
         if args.ablations:
