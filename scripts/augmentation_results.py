@@ -43,6 +43,7 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "strategy": "fedavg",
         "overrides": ["scenario=cifar10_dirichlet", "backbone=resnet18"],
         "arms": (("none", "none"), ("cifar", "cifar")),
+        "metrics": ("eval/acc", "eval/acc_p10", "eval/global_acc"),
     },
     "digits": {
         "title": "FedBN, cnn_digits, digits_feature_shift at 32 px",
@@ -58,9 +59,15 @@ COMPARISONS: dict[str, dict[str, Any]] = {
             "train.persist_optimizer=true",
         ],
         "arms": (("none", "none"), ("fraug_digits", "fraug_digits")),
+        # FedBN has no global model: per-domain accuracies instead
+        "metrics": (
+            "eval/acc",
+            "eval/acc_domain/mnist",
+            "eval/acc_domain/usps",
+            "eval/acc_domain/mnistm",
+        ),
     },
 }
-METRICS = ("eval/acc", "eval/global_acc")
 
 
 def run_dir(name: str, arm: str, strategy: str, seed: int) -> Path:
@@ -108,12 +115,12 @@ def summarise(seeds: list[int], rounds: dict[str, int], width: float) -> dict[st
                 "augment": recipe,
                 "per_seed": {
                     m: [final_metrics(run_dir(name, arm, spec["strategy"], s))[m] for s in done]
-                    for m in METRICS
+                    for m in spec["metrics"]
                 },
             }
         if done:
             (a0, _), (a1, _) = arms
-            for m in METRICS:
+            for m in spec["metrics"]:
                 comp["paired"][m] = paired(
                     comp["arms"][a0]["per_seed"][m], comp["arms"][a1]["per_seed"][m]
                 )
