@@ -99,7 +99,7 @@ def run_one(name: str, arm: str, recipe: str, seed: int, rounds: int, width: flo
 
 def summarise(seeds: list[int], rounds: dict[str, int], width: float) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        "protocol": {"rounds": rounds, "width": width, "seeds": seeds, "runtime.threads": 1},
+        "protocol": {"seeds": seeds, "runtime.threads": 1},
         "comparisons": {},
     }
     for name, spec in COMPARISONS.items():
@@ -110,6 +110,11 @@ def summarise(seeds: list[int], rounds: dict[str, int], width: float) -> dict[st
             if all(status(run_dir(name, a, spec["strategy"], s)) == "complete" for a, _ in arms)
         ]
         comp: dict[str, Any] = {"title": spec["title"], "seeds": done, "arms": {}, "paired": {}}
+        if done:  # the budget the runs were made with (not this invocation's flags)
+            first = run_dir(name, arms[0][0], spec["strategy"], done[0])
+            config = json.loads((first / "run.json").read_text())["config"]
+            comp["rounds"] = int(config["rounds"])
+            comp["width"] = float(config["backbone"]["width"])
         for arm, recipe in arms:
             comp["arms"][arm] = {
                 "augment": recipe,
@@ -137,11 +142,18 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "accuracy, `eval/global_acc` the global model on the global test set.  Paired: each "
         "seed fixes the partition and the initial model for both arms.",
         "",
-        f"Protocol: {json.dumps(summary['protocol'])}",
+        "Rounds and width per comparison are those the runs were made with (their "
+        "`run.json`); the rest of the protocol is in the script's docstring.",
         "",
     ]
     for comp in summary["comparisons"].values():
-        lines += [f"## {comp['title']}", "", f"Seeds complete: {comp['seeds'] or 'none yet'}", ""]
+        budget = f" ({comp['rounds']} rounds, width {comp['width']:g})" if "rounds" in comp else ""
+        lines += [
+            f"## {comp['title']}{budget}",
+            "",
+            f"Seeds complete: {comp['seeds'] or 'none yet'}",
+            "",
+        ]
         if not comp["seeds"]:
             continue
         (a0, _), (a1, _) = [(k, v) for k, v in comp["arms"].items()]
@@ -167,18 +179,24 @@ def main() -> int:
     parser.add_argument("--rounds-digits", type=int, default=50)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--only", choices=sorted(COMPARISONS), default=None)
+    parser.add_argument("--report-only", action="store_true")
     ns = parser.parse_args()
     rounds = {"cifar": ns.rounds_cifar, "digits": ns.rounds_digits}
     command = "python scripts/augmentation_results.py " + " ".join(sys.argv[1:])
-    for seed in ns.seeds:  # seed by seed: an interrupted sweep still has complete pairs
+
+    def report() -> None:
+        summary = summarise(ns.seeds, rounds, ns.width)
+        DOC.write_text(markdown(summary, command.strip()))
+        SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+
+    for seed in [] if ns.report_only else ns.seeds:  # seed by seed: complete pairs first
         for name, spec in COMPARISONS.items():
             if ns.only and name != ns.only:
                 continue
             for arm, recipe in spec["arms"]:
                 run_one(name, arm, recipe, seed, rounds[name], ns.width)
-                summary = summarise(ns.seeds, rounds, ns.width)
-                DOC.write_text(markdown(summary, command.strip()))
-                SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+                report()
+    report()
     return 0
 
 
