@@ -11,12 +11,14 @@ A checkpoint is one ``.npz`` file (no pickle) in ``<run_dir>/checkpoint.npz`` ho
 
 Writing goes to a temporary file that is fsync'ed and then renamed over the previous
 checkpoint, so a write interrupted at any point (a kill, a full disk) never replaces the
-last good checkpoint.  Randomness in fedsim derives from ``(seed, round, client)``, so
-the round number is what makes the resumed run draw the same samples and batches.
+last good checkpoint, and a failed write removes its temporary file.  Randomness in
+fedsim derives from ``(seed, round, client)``, so the round number is what makes the
+resumed run draw the same samples and batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -97,16 +99,41 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no half-written file is left behind
+        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
+            tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_model(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` of a state dict, written atomically; a failed write raises the
+    OSError itself (torch's own file writer would wrap it in a RuntimeError)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> Checkpoint:

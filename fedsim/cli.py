@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedsim.errors import EXIT_USER_ERROR, UserError
+from fedsim.errors import EXIT_USER_ERROR, Interrupted, UserError
 
 USAGE = """usage: fedsim <command> [key=value ...]
 
@@ -25,6 +25,7 @@ commands:
   compare    table + plots of a sweep's runs  (fedsim compare runs/cmp --target 0.9)
   resume     continue an interrupted run      (fedsim resume runs/digits_iid/fedavg/seed-0)
   tune       equal-budget tuning per strategy, then fresh seeds  (fedsim tune --help)
+  pretrain   SimCLR pretraining -> backbone.checkpoint  (fedsim pretrain --help)
 
 examples:
   fedsim run                                         # FedAvg on the embedded digits
@@ -48,9 +49,9 @@ HYDRA_SETTINGS = [
 NOT_IN_TAG = {"strategy", "seed", "experiment", "output_dir", "progress", "overwrite"}
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, code: int = EXIT_USER_ERROR) -> int:
     print(f"fedsim: error: {msg}", file=sys.stderr)
-    return EXIT_USER_ERROR
+    return code
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
@@ -162,7 +163,7 @@ def cmd_run(args: list[str]) -> int:
 
             record = execute(cfg)
         except UserError as e:
-            sys.exit(_fail(str(e)))
+            sys.exit(_fail(str(e), e.exit_code))
         final = record.get("final", {})
         acc = final.get("eval/acc")
         gacc = final.get("eval/global_acc")
@@ -222,6 +223,12 @@ def cmd_tune(args: list[str]) -> int:
     return tune_main(args)
 
 
+def cmd_pretrain(args: list[str]) -> int:
+    from fedsim.pretrain import main as pretrain_main
+
+    return pretrain_main(args)
+
+
 def cmd_deploy(args: list[str]) -> int:
     from fedsim.deploy import cmd_deploy as deploy
 
@@ -266,7 +273,7 @@ def cmd_resume(args: list[str]) -> int:
             )
         record = execute(cfg)
     except UserError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.exit_code)
     acc = record.get("final", {}).get("eval/acc")
     print(
         f"fedsim: resumed {run_dir} to round {cfg.rounds}"
@@ -282,6 +289,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "deploy": cmd_deploy,
     "tune": cmd_tune,
+    "pretrain": cmd_pretrain,
 }
 
 
@@ -300,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[cmd](rest)
     except UserError as e:
-        return _fail(str(e))
-    except KeyboardInterrupt:
+        return _fail(str(e), e.exit_code)
+    except KeyboardInterrupt as e:  # 128 + the signal, as a shell reports it
         print("fedsim: interrupted", file=sys.stderr)
-        return 130
+        return 128 + e.signum if isinstance(e, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -308,6 +308,9 @@ def _registered_scenarios() -> set[str]:
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks of the whole configuration; raises ConfigError naming the key."""
+    from fedsim.value_checks import check_values
+
+    check_values(cfg)  # every float finite, names that become paths (fedsim.value_checks)
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -337,7 +340,7 @@ def validate(cfg: RunConfig) -> None:
     from fedsim.schedules import validate_train
 
     validate_train(t)
-    from fedsim.augment import validate_augment
+    from fedsim.augment_recipes import validate_augment
 
     image = cfg.scenario.dataset.image_size or None
     validate_augment(t.augment, image_size=image, scenario_default=cfg.scenario.augment)

@@ -8,10 +8,14 @@ errors stay ordinary exceptions so that their tracebacks are kept.
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
 
 
 class UserError(Exception):
     """Something the user can fix; the message says what, where and what is allowed."""
+
+    #: the CLI's exit status for this error
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(UserError):
@@ -24,3 +28,18 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or run directory cannot be used to resume."""
+
+
+class RunFailed(UserError):
+    """A run that started ended on a fault of its environment (a full disk, a directory
+    that became read-only, a file that vanished): exit status 1, not a bad input."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (SIGINT, SIGTERM); the CLI exits with 128 + its number."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(detail or f"signal {signum}")
+        self.signum = signum

@@ -1,8 +1,10 @@
 """Start an experiment on the configured runtime, after checking everything that can fail.
 
-Pre-flight (config validation, data loading, partitioning, model construction) happens
-before the run directory is touched, so a bad input leaves nothing behind; an existing
-complete run is never overwritten unless ``overwrite=true``.
+Pre-flight (config validation, data loading, partitioning, model construction, the
+algorithm's server half) happens before the run directory is touched, so a bad input
+leaves nothing behind.  Then the run directory is locked, and an existing run is replaced
+only by a new run that completed its first round (``overwrite=true``); an interrupted run
+is never restarted silently.  See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,43 +21,82 @@ from fedsim.app import CONFIG_KEY, RUN_DIR_KEY, make_client_app, make_server_app
 from fedsim.checkpoint import CHECKPOINT_FILE
 from fedsim.conf import to_json, to_plain, validate
 from fedsim.config import RunConfig
-from fedsim.errors import ConfigError, UserError
+from fedsim.errors import ConfigError, RunFailed, UserError
 from fedsim.federation import load_federation
 from fedsim.logs import attach_log_file, detach_log_file
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.paths import run_dir_for
-from fedsim.tracking import STATUS_FILE, read_status
+from fedsim.runlock import acquire, begin_staging, clean_leftovers, end_staging
+from fedsim.runstate import Target, check_target, describe_os_error, record_fault
+from fedsim.tracking import STATUS_FILE
 
 log = logging.getLogger(__name__)
 
 
 def preflight(cfg: RunConfig) -> Path:
-    """Validate, load the federation and build the model once; return the run directory."""
+    """Every check a run can make, before its run directory is touched; returns it.
+
+    Validates the configuration, loads the federation, builds the model and the server
+    half of the algorithm (whose :meth:`~fedsim.strategy.Strategy.check_initial` sees the
+    initial arrays), checks the output directory can be made, a resume's checkpoint, and
+    what the directory holds (:func:`fedsim.runstate.check_target`).
+    """
     validate(cfg)
     resolve_device(cfg.device)
+    _check_machine(cfg)
+    fed, model = None, None
     if cfg.scenario.problem.kind == "classification":  # synthetic problems have no data
         try:
             fed = load_federation(cfg.scenario, cfg.seed)
         except UserError as e:  # say which scenario file the bad value came from
             where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
             raise type(e)(f"{where}: scenario.{e}") from None
-        initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
+        model = initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
+    _check_strategy(cfg, model, list(fed.data.domains) if fed is not None else [])
     run_dir = run_dir_for(cfg)
     _check_creatable(run_dir)
     if cfg.resume:  # refuse a bad resume before anything in the run directory changes
         path = run_dir / CHECKPOINT_FILE
         ckpt_io.check_compatible(ckpt_io.load(path), to_plain(cfg), path)
-        return run_dir
-    state = read_status(run_dir)
-    if state is not None and not cfg.overwrite:
-        if state != "complete":
-            log.warning("replacing the %s run in %s", state, run_dir)
-            return run_dir
-        raise UserError(
-            f"output_dir: {run_dir} already holds a {state} run; "
-            "pass overwrite=true to replace it, or choose another output_dir/experiment"
-        )
+    check_target(run_dir, cfg.resume, cfg.overwrite)
     return run_dir
+
+
+def _check_machine(cfg: RunConfig) -> None:
+    """A private Ray instance lives on this machine: a ClientApp that needs more CPUs or
+    GPUs than it has would never be scheduled (Ray waits for ever)."""
+    rt = cfg.runtime
+    if rt.name != "ray" or rt.address:
+        return
+    cpus = os.cpu_count() or 1
+    if rt.client_cpus > cpus:
+        raise ConfigError(
+            f"runtime.client_cpus: {rt.client_cpus:g} CPUs per ClientApp, but this machine has "
+            f"{cpus}; lower it, or join a larger cluster with runtime.address"
+        )
+    if rt.client_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if rt.client_gpus > gpus:
+            raise ConfigError(
+                f"runtime.client_gpus: {rt.client_gpus:g} GPUs per ClientApp, but this machine "
+                f"has {gpus}; lower it, or join a cluster with runtime.address"
+            )
+
+
+def _check_strategy(cfg: RunConfig, model: Any, domains: list[str]) -> None:
+    """Build the server half as the ServerApp will, and let it check the initial arrays."""
+    from fedsim.records import arrays_from_state
+    from fedsim.server import build_strategy
+
+    node_of = {pid: pid for pid in range(cfg.scenario.num_clients)}
+    strategy = build_strategy(cfg, node_of, model, domains)
+    arrays = strategy.initial_arrays()
+    if arrays is None and model is not None:
+        arrays = arrays_from_state(model.state_dict())
+    if arrays is not None:
+        strategy.check_initial(arrays)
 
 
 def _check_creatable(run_dir: Path) -> None:
@@ -84,47 +124,94 @@ def _check_creatable(run_dir: Path) -> None:
 
 
 def execute(cfg: RunConfig) -> dict[str, Any]:
-    """Run one experiment; returns the final record written to ``run.json``."""
+    """Run one experiment; returns the final record written to ``run.json``.
+
+    The run directory is locked for the whole run (:mod:`fedsim.runlock`); a run that
+    replaces a directory is built beside it and swapped in after its first round.
+    """
     run_dir = preflight(cfg)
-    if run_dir.exists() and not cfg.resume:  # allowed: overwrite=true, or an unfinished run
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = attach_log_file(run_dir)
-    import torch
-
-    log.info("process %d, %d torch thread(s)", os.getpid(), torch.get_num_threads())
-    run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(run_dir)}
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    lock = acquire(run_dir)
     try:
-        if cfg.runtime.name == "inline":
-            from fedsim.runtime.inline import run_inline
-
-            run_inline(
-                make_server_app(),
-                make_client_app(),
-                cfg.scenario.num_clients,
-                run_config,
-                workers=cfg.runtime.workers,
-                threads=cfg.runtime.threads,
-            )
-        elif cfg.runtime.name == "ray":
-            from fedsim.runtime.ray import run_ray
-
-            run_ray(
-                cfg.scenario.num_clients,
-                run_config,
-                cfg.runtime.client_cpus,
-                cfg.runtime.client_gpus,
-                cfg.runtime.address,
-            )
-        else:
-            raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")
+        try:
+            clean_leftovers(run_dir)  # first: it may put back a directory a kill left aside
+        except OSError as e:
+            raise UserError(f"output_dir: cannot tidy {run_dir} ({describe_os_error(e)})") from None
+        target = check_target(run_dir, cfg.resume, cfg.overwrite, own=lock.info)
+        try:
+            where = begin_staging(run_dir) if target is Target.REPLACE else run_dir
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"output_dir: cannot create {run_dir} ({describe_os_error(e)})"
+            ) from None
+        _launch_in(cfg, where, run_dir, staged=target is Target.REPLACE)
+        try:
+            record = json.loads((run_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise RunFailed(f"run.json of {run_dir} cannot be read after the run ({e})") from None
     finally:
-        detach_log_file(handler)
-    record = json.loads((run_dir / STATUS_FILE).read_text())
+        lock.release()
     if record.get("status") != "complete":
-        raise UserError(
-            f"run did not complete (status: {record.get('status')}); see {run_dir / 'fedsim.log'}"
+        reason = f": {record['reason']}" if record.get("reason") else ""
+        raise RunFailed(
+            f"run did not complete (status: {record.get('status')}{reason}); "
+            f"see {run_dir / 'fedsim.log'}"
         )
     record["run_dir"] = str(run_dir)
     return record
+
+
+def _launch_in(cfg: RunConfig, where: Path, run_dir: Path, staged: bool) -> None:
+    """Run on the configured runtime, writing to ``where``; an I/O fault becomes a
+    RunFailed after the directory's status says ``failed``."""
+    handler = attach_log_file(where)
+    import torch
+
+    log.info("process %d, %d torch thread(s)", os.getpid(), torch.get_num_threads())
+    run_config = {CONFIG_KEY: to_json(cfg), RUN_DIR_KEY: str(where)}
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    failure: RunFailed | None = None
+    try:
+        _launch(cfg, run_config)
+    except OSError as e:
+        promoted = not staged or where.is_symlink()
+        failure = (
+            record_fault(run_dir, e)
+            if promoted
+            else RunFailed(
+                f"run failed before its first round completed: {describe_os_error(e)} "
+                f"(the previous run in {run_dir} is unchanged)"
+            )
+        )
+    finally:
+        detach_log_file(handler)
+        if staged and not end_staging(where):
+            log.warning("the new run ended before its first round; %s is unchanged", run_dir)
+    if failure is not None:
+        raise failure
+
+
+def _launch(cfg: RunConfig, run_config: dict[str, Any]) -> None:
+    if cfg.runtime.name == "inline":
+        from fedsim.runtime.inline import run_inline
+
+        run_inline(
+            make_server_app(),
+            make_client_app(),
+            cfg.scenario.num_clients,
+            run_config,
+            workers=cfg.runtime.workers,
+            threads=cfg.runtime.threads,
+        )
+    elif cfg.runtime.name == "ray":
+        from fedsim.runtime.ray import run_ray
+
+        run_ray(
+            cfg.scenario.num_clients,
+            run_config,
+            cfg.runtime.client_cpus,
+            cfg.runtime.client_gpus,
+            cfg.runtime.address,
+        )
+    else:
+        raise ConfigError(f"runtime.name: unknown '{cfg.runtime.name}' (allowed: inline, ray)")

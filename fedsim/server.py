@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -27,8 +26,10 @@ from fedsim.channels import BytesAxisCallback, wire_nbytes
 from fedsim.conf import to_plain
 from fedsim.config import RunConfig
 from fedsim.dp import wrap_dp
+from fedsim.errors import Interrupted
 from fedsim.faults import byzantine_clients
 from fedsim.federation import Federation, load_federation
+from fedsim.figures import confusion_image, evaluate_with_confusion
 from fedsim.modelzoo import initial_model, resolve_device
 from fedsim.participation import ParticipationSampler
 from fedsim.paths import run_dir_for
@@ -40,6 +41,8 @@ from fedsim.records import (
     state_from_arrays,
 )
 from fedsim.registry import get
+from fedsim.schedules import lr_at
+from fedsim.selection import Selection, read_metric_rows
 from fedsim.strategy import ServerContext
 from fedsim.tb_layout import HPARAM_EXTRA, HPARAM_METRICS, custom_scalars_layout, tag_hparams
 from fedsim.tracking import (
@@ -49,7 +52,6 @@ from fedsim.tracking import (
     StatusCallback,
     TensorBoardCallback,
 )
-from fedsim.training import evaluate_model
 from fedsim.wrap.server import FedsimStrategy
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,13 @@ def rediscover_nodes(grid: Grid, node_of: dict[int, int], timeout: float) -> Non
         node_of.update(discover_nodes(grid, len(node_of), timeout, known=node_of))
 
 
-def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
+class StopRequest(threading.Event):
+    """Set by SIGINT/SIGTERM; remembers which signal (the exit status is 128 + it)."""
+
+    signum: int = signal.SIGINT
+
+
+def _install_stop_handlers(stop: StopRequest) -> dict[int, Any]:
     """SIGINT/SIGTERM finish the current round, write a checkpoint and stop the run.
 
     Only possible in the main thread (the inline runtime); elsewhere the default
@@ -128,8 +136,9 @@ def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():  # a second signal: stop now
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
         log.warning("signal %d: finishing this round, then checkpointing and stopping", signum)
+        stop.signum = signum
         stop.set()
 
     previous: dict[int, Any] = {}
@@ -180,14 +189,24 @@ class ServerEval:
             cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed
         ).to(self.device)
         self.x, self.y = fed.data.test_x, fed.data.test_y
+        self.num_classes = fed.data.num_classes
         self.precision = cfg.precision
+        self.confusion: Any = None  # of the last evaluation (fedsim.figures)
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(state_from_arrays(arrays), strict=True)
-        acc, loss = evaluate_model(
-            self.model, self.x, self.y, self.device, precision=self.precision
+        acc, loss, self.confusion = evaluate_with_confusion(
+            self.model, self.x, self.y, self.num_classes, self.device, precision=self.precision
         )
         return {"eval/global_acc": acc, "eval/global_loss": loss}
+
+    def figures(self) -> dict[str, Any]:
+        """The global model's confusion matrix, as a picture (after an evaluation)."""
+        if self.confusion is None:
+            return {}
+        figures = {"eval/global_confusion": confusion_image(self.confusion)}
+        self.confusion = None
+        return figures
 
 
 def _prefixed(prefix: str, record: Any) -> dict[str, float]:
@@ -207,6 +226,7 @@ class Experiment:
     info: dict[str, Any]
     arrays: ArrayRecord
     server_eval: ServerEval | None
+    selection: Selection | None = None  # evaluation.validation_fraction > 0
     totals: dict[str, float] = field(
         default_factory=lambda: {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
     )
@@ -289,7 +309,17 @@ def setup(grid: Grid, cfg: RunConfig, run_dir: Path) -> Experiment:
     if initial is None:
         assert model is not None, "a problem without a backbone needs strategy.initial_arrays()"
         initial = arrays_from_state(model.state_dict())
-    return Experiment(cfg, run_dir, strategy, node_of, info, initial, server_eval)
+    selection = None
+    if fed is not None and cfg.scenario.evaluation.validation_fraction > 0:
+        selection = Selection(_domain_names(fed))
+    return Experiment(cfg, run_dir, strategy, node_of, info, initial, server_eval, selection)
+
+
+def _domain_names(fed: Federation) -> dict[int, str]:
+    """Client id -> its domain's name, when there are several domains (else empty)."""
+    if len(fed.data.domains) < 2:
+        return {}
+    return {pid: fed.data.domains[fed.domain_of(pid)] for pid in range(fed.num_clients)}
 
 
 def resume(exp: Experiment, grid: Grid) -> None:
@@ -307,6 +337,11 @@ def resume(exp: Experiment, grid: Grid) -> None:
     ckpt_io.restore_torch_rng(resumed.torch_rng)
     exp.totals.update({k: v for k, v in resumed.counters.items() if k in exp.totals})
     exp.start_round = resumed.round + 1
+    if exp.selection is not None:  # rebuilt from the rounds already written
+        exp.selection = Selection.replay(
+            (r for r in read_metric_rows(exp.run_dir) if r["round"] <= resumed.round),
+            exp.selection.domain_of,
+        )
     log.info("resuming from round %d (%s)", resumed.round, path)
 
 
@@ -352,6 +387,7 @@ def run_round(exp: Experiment, grid: Grid, rnd: int) -> dict[str, float]:
         **strategy.stats,
     }
     metrics.pop("train/steps", None)
+    metrics["train/lr"] = lr_at(cfg.train, rnd, cfg.rounds)
     metrics.update(strategy.round_metrics(rnd, exp.arrays))
     if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
         emsgs = list(strategy.configure_evaluate(rnd, exp.arrays, ConfigRecord(), grid))
@@ -359,6 +395,8 @@ def run_round(exp: Experiment, grid: Grid, rnd: int) -> dict[str, float]:
         metrics.update(_prefixed("eval", strategy.aggregate_evaluate(rnd, ereplies)))
         if exp.server_eval is not None:
             metrics.update(exp.server_eval(exp.arrays))
+        if exp.selection is not None:
+            metrics.update(exp.selection.update(rnd, metrics))
     return metrics
 
 
@@ -376,7 +414,7 @@ def run_experiment(
     cbs = list(callbacks) if callbacks is not None else default_callbacks(cfg, run_dir)
     for cb in cbs:
         cb.on_start(exp.info)
-    stop = threading.Event()
+    stop = StopRequest()
     previous = _install_stop_handlers(stop)
     last: dict[str, float] = {}
     status = "failed"
@@ -390,12 +428,16 @@ def run_experiment(
             last.update(metrics)
             for cb in cbs:
                 cb.on_round(rnd, metrics)
+            figures = exp.server_eval.figures() if exp.server_eval is not None else {}
+            if figures:
+                for cb in cbs:
+                    cb.on_figures(rnd, figures)
             every = cfg.checkpoint_every
             if stop.is_set() or (every > 0 and (rnd % every == 0 or rnd == cfg.rounds)):
                 save_checkpoint(exp, grid, rnd)
             if stop.is_set() and rnd < cfg.rounds:
-                raise KeyboardInterrupt(f"stopped by a signal after round {rnd}")
-        torch.save(state_from_arrays(exp.arrays), run_dir / "final_model.pt")
+                raise Interrupted(stop.signum, f"signal {stop.signum} after round {rnd}")
+        ckpt_io.save_model(state_from_arrays(exp.arrays), run_dir / "final_model.pt")
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"

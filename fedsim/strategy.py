@@ -76,6 +76,11 @@ class Strategy(FlowerFedAvg):
         without a model, e.g. ``fedsim.problems``); None = the backbone's initial weights."""
         return None
 
+    def check_initial(self, arrays: ArrayRecord) -> None:
+        """Checks that need the initial arrays (a file to load into them, ...): called at
+        preflight, before the run directory is touched, so that a bad value never fails a
+        run that already replaced another.  Raise ConfigError naming the key."""
+
     def shared(self, arrays: ArrayRecord) -> ArrayRecord:
         """The part of the global arrays that goes on the wire (all but local keys)."""
         if not self.ctx.local_keys:

@@ -7,6 +7,8 @@ way.  Callbacks never compute metrics.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.runlock import promote
 from fedsim.tb_layout import mark_shown, shown_hparams
 
 log = logging.getLogger(__name__)
@@ -26,14 +29,45 @@ STATUS_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write-then-rename so a reader never sees half a file."""
+RESERVE_BYTES = 4096  # blank space kept in a running run.json for its final record
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any], reserve: int = 0) -> None:
+    """Write-then-rename so a reader never sees half a file; no temporary file is left
+    behind when the write fails.  ``reserve`` bytes of trailing blanks (valid JSON) keep
+    room for :func:`write_json_inplace` on a full disk."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text + " " * reserve)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_inplace(path: Path, payload: dict[str, Any]) -> None:
+    """Replace ``path``'s JSON; when the atomic write fails for want of space or of
+    permission to create a file, overwrite the file in place if it is large enough (its
+    reserved blanks): that needs neither new blocks nor a new directory entry."""
+    try:
+        write_json_atomic(path, payload)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM):
+            raise
+    text = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        if len(text) > size:
+            raise OSError(errno.ENOSPC, "no space left for run.json", str(path))
+        f.write(text + b" " * (size - len(text)))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_status(run_dir: Path) -> str | None:
@@ -48,6 +82,21 @@ def read_status(run_dir: Path) -> str | None:
         return "unreadable"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write-then-rename for a text file; no temporary file is left behind on failure."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 class Callback:
     """Hooks called by the round loop; all optional."""
 
@@ -56,6 +105,9 @@ class Callback:
 
     def on_round(self, server_round: int, metrics: dict[str, float]) -> None:
         """After every round, with that round's scalars."""
+
+    def on_figures(self, server_round: int, figures: dict[str, Any]) -> None:
+        """After an evaluated round, with its pictures (``HxWx3`` uint8 arrays)."""
 
     def on_end(self, summary: dict[str, float], status: str) -> None:
         """Once at the end; ``status`` is complete, interrupted or failed."""
@@ -70,14 +122,17 @@ class StatusCallback(Callback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.info = {"status": "running", "started": time.time(), "config": info["config"]}
-        write_json_atomic(self.path, self.info)
+        write_json_atomic(self.path, self.info, reserve=RESERVE_BYTES)
 
     def on_round(self, server_round: int, metrics: dict[str, float]) -> None:
         self.info["last_round"] = server_round
 
     def on_end(self, summary: dict[str, float], status: str) -> None:
         self.info.update({"status": status, "finished": time.time(), "final": summary})
-        write_json_atomic(self.path, self.info)
+        try:
+            write_json_inplace(self.path, self.info)
+        except OSError as e:  # the runner records the fault; the other callbacks still end
+            log.error("could not write %s: %s", self.path, e)
 
 
 class JsonlCallback(Callback):
@@ -90,24 +145,40 @@ class JsonlCallback(Callback):
     def on_start(self, info: dict[str, Any]) -> None:
         start = int(info.get("start_round", 1))
         if start > 1 and self.path.exists():  # resume: drop rounds that will be redone
-            kept = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["round"] < start
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self._rows() if json.loads(ln)["round"] < start]
+            write_text_atomic(self.path, "".join(ln + "\n" for ln in kept))
         else:
             self.path.write_text("")
         self.file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run, closed in on_end
+
+    def _rows(self) -> list[str]:
+        """The file's lines; a torn last line (a write cut short) is dropped with a
+        warning, a damaged line before it is an error (checked before a resume starts)."""
+        lines = [ln for ln in self.path.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            try:
+                json.loads(lines[-1])
+            except ValueError:
+                log.warning(
+                    "%s: dropped a torn last line (%d bytes): a write was cut short",
+                    self.path,
+                    len(lines[-1]),
+                )
+                lines.pop()
+        return lines
 
     def on_round(self, server_round: int, metrics: dict[str, float]) -> None:
         clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
         self.file.write(json.dumps({"round": server_round, **clean}, sort_keys=True) + "\n")
         self.file.flush()
+        promote(self.path.parent)  # a run replacing another: swapped in once a round is recorded
 
     def on_end(self, summary: dict[str, float], status: str) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as e:  # buffered bytes that found no space: the runner reports it
+                log.error("could not close %s: %s", self.path, e)
 
 
 class TensorBoardCallback(Callback):
@@ -147,6 +218,16 @@ class TensorBoardCallback(Callback):
         for key, value in metrics.items():
             if math.isfinite(value):
                 self.writer.add_scalar(key, value, server_round)
+        from fedsim.figures import client_accuracies
+
+        accs = client_accuracies(metrics)
+        if accs.size:  # the spread across clients, not only the mean
+            self.writer.add_histogram("eval/acc_clients", accs, server_round, bins="auto")
+        self.writer.flush()
+
+    def on_figures(self, server_round: int, figures: dict[str, Any]) -> None:
+        for key, image in figures.items():
+            self.writer.add_image(key, np.asarray(image), server_round, dataformats="HWC")
         self.writer.flush()
 
     def on_end(self, summary: dict[str, float], status: str) -> None:
@@ -161,8 +242,11 @@ class TensorBoardCallback(Callback):
             for key, value in final.items():
                 self.writer.add_scalar(key, value, last)
             self.writer.file_writer.add_summary(sei)
-        self.writer.flush()
-        self.writer.close()
+        try:
+            self.writer.flush()
+            self.writer.close()
+        except OSError as e:
+            log.error("could not close the event file in %s: %s", self.run_dir, e)
 
 
 class ProgressCallback(Callback):

@@ -85,6 +85,19 @@ class FedTrimmedAvgConfig(StrategyConfig):
             raise ConfigError(f"strategy.beta: must be in [0, 0.5), got {self.beta}")
 
 
+def _robust_clients(run: RunConfig, f: int, need: int, rule: str, why: str) -> None:
+    """A Byzantine-robust rule needs ``need`` replies per round for ``f`` attackers."""
+    from fedsim.dp import clients_per_round
+
+    n = min(clients_per_round(run), run.scenario.num_clients)
+    if n < need:
+        raise ConfigError(
+            f"strategy.num_malicious_nodes: {f} needs at least {need} clients per round "
+            f"({rule}; {why}), got {n} (scenario.num_clients={run.scenario.num_clients}, "
+            f"participation); lower num_malicious_nodes or sample more clients"
+        )
+
+
 @dataclass
 class KrumConfig(StrategyConfig):
     name: str = "krum"
@@ -95,6 +108,13 @@ class KrumConfig(StrategyConfig):
             raise ConfigError(
                 f"strategy.num_malicious_nodes: must be >= 0, got {self.num_malicious_nodes}"
             )
+        self.check_clients(run)
+
+    def check_clients(self, run: RunConfig) -> None:
+        """Krum's guarantee needs n >= 2f + 3 (Blanchard et al., NeurIPS 2017: n > 2f + 2);
+        Flower 1.42 does not check it and silently scores on max(1, n - f - 2) neighbours."""
+        f = self.num_malicious_nodes
+        _robust_clients(run, f, 2 * f + 3, "n >= 2f + 3", "Krum's requirement")
 
 
 @dataclass
@@ -113,6 +133,11 @@ class MultiKrumConfig(KrumConfig):
 @dataclass
 class BulyanConfig(KrumConfig):
     name: str = "bulyan"
+
+    def check_clients(self, run: RunConfig) -> None:
+        """Flower 1.42's Bulyan skips every round with fewer than 4f + 3 replies."""
+        f = self.num_malicious_nodes
+        _robust_clients(run, f, 4 * f + 3, "n >= 4f + 3", "Flower's Bulyan skips the round")
 
 
 @dataclass

@@ -46,6 +46,14 @@ Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLCo
 * A batch is a uniform random draw of the client's samples (the shared loop), so its
   labelled share is proportional to ``n_l / (n_l + n_u)`` in expectation, not exactly.
   Both views go through one forward pass (batch-norm statistics over both views).
+* The two views come from the shared ``train.augment`` (:mod:`fedsim.augment`), two
+  ``sample``/``apply`` calls per batch, view 1 first, from the client's augmentation
+  stream.  The official code always augments (``RandomCrop(32, padding=4)`` + flip for
+  both views on CIFAR, ``open_world_cifar.py:191-197``, ``fedossl_cifar.py:413-419``):
+  ``cifar10_open_world`` defaults to the ``cifar`` recipe, which is exactly that (black
+  padding, as torchvision's), the digit scenarios to ``fraug_digits`` (no flip), and a run
+  whose augmentation changes nothing (recipe ``none``) is refused at load rather than
+  trained on two identical views.
 * The memory bank is emptied at the start of every round and filled by this round's
   training forwards (both views, newest ``memory_size`` rows), so local k-means sees the
   *current* model's features, as the code's bank (1,024 rows written by every forward,
@@ -118,7 +126,13 @@ def load_checkpoint_arrays(
     ``encoder.`` prefixes and renames ORCA's ``shortcut`` to ``downsample``.  Returns the
     updated arrays and how many were loaded (ConfigError if none matched).
     """
-    blob = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not its own
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(
+            f"strategy.checkpoint: {path} is not a PyTorch state dict ({type(e).__name__}: {first})"
+        ) from None
     if isinstance(blob, dict) and "state_dict" in blob:
         blob = blob["state_dict"]
     if not isinstance(blob, dict):
@@ -159,6 +173,11 @@ class FedoSSL(Strategy):
         self.cluster_loss = float("nan")
         self.pseudo: dict[str, float] = {}
         self._initialised = False
+
+    def check_initial(self, arrays: ArrayRecord) -> None:
+        """``strategy.checkpoint`` must load into the model (checked at preflight)."""
+        if self.fcfg.checkpoint:
+            load_checkpoint_arrays(self.fcfg.checkpoint, numpy_from_arrays(arrays))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -227,3 +227,45 @@ def test_frozen_layers_do_not_train_and_do_not_travel(fast_cfg: Any) -> None:
     head_bytes = 4 * sum(v.numel() for k, v in init.state_dict().items() if k.startswith("head"))
     assert up_part == 10 * head_bytes  # 10 clients send their head and nothing else
     assert up_full > 20 * up_part
+
+
+# ------------------------------------------------------------------ figures
+
+
+class _Always(torch.nn.Module):
+    """Predicts class 2 for every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), 3)
+        out[:, 2] = 1.0
+        return out
+
+
+def test_confusion_matrix_by_hand() -> None:
+    from fedsim.figures import confusion_image, evaluate_with_confusion
+
+    y = torch.tensor([0, 1, 2, 2, 1])
+    acc, _, matrix = evaluate_with_confusion(
+        _Always(), torch.zeros(5, 1), y, 3, torch.device("cpu"), batch_size=2
+    )
+    assert acc == pytest.approx(2 / 5)
+    assert matrix.tolist() == [[0, 0, 1], [0, 0, 2], [0, 0, 2]]
+    image = confusion_image(matrix, cell=4)
+    assert image.shape == (12, 12, 3) and image.dtype.name == "uint8"
+    assert tuple(image[1, 9]) == (253, 231, 37)  # a whole row predicted as class 2
+    assert tuple(image[1, 1]) == (68, 1, 84)  # nothing
+
+
+def test_tensorboard_gets_the_confusion_image_and_the_client_histogram(fast_cfg: Any) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedsim.runner import execute
+
+    rec = execute(fast_cfg("rounds=2"))
+    events = EventAccumulator(rec["run_dir"], size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("eval/global_confusion")] == [1, 2]
+    hist = events.Histograms("eval/acc_clients")
+    assert [h.step for h in hist] == [1, 2]
+    assert hist[-1].histogram_value.num == 10  # one accuracy per client
+    assert "eval/acc_p10" in events.Tags()["scalars"]

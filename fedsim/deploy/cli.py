@@ -139,18 +139,28 @@ def cmd_deploy(args: list[str]) -> int:
         return 0
     if a.command == "connect":
         ca = None if a.insecure else _need(a.ca, "--ca")
+        if dry:  # a dry run writes nothing
+            print(f"fedsim: would write connection '{a.connection}' -> {a.superlink}")
+            return 0
         path = write_connection(a.superlink, ca, a.connection)
         print(f"fedsim: connection '{a.connection}' -> {a.superlink} in {path}")
         return 0
     if a.command == "register":
         return _exec(register_command(_need(a.public_key, "public key"), a.connection), dry)
     if a.command == "run":
+        from fedsim.conf import compose
+
+        compose(list(a.overrides))  # a bad override fails here, before anything is written
         if a.superlink:
             ca = None if a.insecure else _need(a.ca, "--ca")
-            path = write_connection(a.superlink, ca, a.connection)
-            print(
-                f"fedsim: connection '{a.connection}' -> {a.superlink} in {path}", file=sys.stderr
-            )
+            if dry:  # a dry run writes nothing
+                print(f"fedsim: would write connection '{a.connection}' -> {a.superlink}")
+            else:
+                path = write_connection(a.superlink, ca, a.connection)
+                print(
+                    f"fedsim: connection '{a.connection}' -> {a.superlink} in {path}",
+                    file=sys.stderr,
+                )
         return _exec(run_command(a.overrides, a.connection, stream=a.stream), dry)
     if a.command == "clientapps":
         os.environ.update(flower_env())

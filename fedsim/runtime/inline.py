@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -171,7 +172,14 @@ class _Clients:
 def _worker_main(
     conn: Any, num_clients: int, run_config: dict[str, Any], run_id: int, threads: int
 ) -> None:
-    """A worker process: hosts the ClientApps of its clients until told to stop."""
+    """A worker process: hosts the ClientApps of its clients until told to stop.
+
+    Ctrl-C and ``kill -TERM`` reach a whole process group: workers ignore both, so that
+    the server finishes the round, checkpoints and stops them by message.  A worker
+    whose server is gone (its pipe closed) ends quietly.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
     from fedsim.app import make_client_app
@@ -180,7 +188,10 @@ def _worker_main(
         torch.set_num_threads(threads)
     clients = _Clients(make_client_app(), num_clients, run_config, run_id)
     while True:
-        cmd, payload = conn.recv()
+        try:
+            cmd, payload = conn.recv()
+        except (EOFError, OSError):
+            return
         if cmd == "run":
             messages, timeout = payload
             conn.send(clients.execute_many(messages, timeout))

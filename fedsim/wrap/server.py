@@ -132,6 +132,12 @@ class FedsimStrategy(FlowerStrategy):
         hook = self._hook("initial_arrays")
         return hook() if callable(hook) else None
 
+    def check_initial(self, arrays: ArrayRecord) -> None:
+        """The algorithm's checks that need the initial arrays (run at preflight)."""
+        hook = self._hook("check_initial")
+        if callable(hook):
+            hook(arrays)
+
     def shared(self, arrays: ArrayRecord) -> ArrayRecord:
         """What goes on the wire: all but the local keys; for Flower's own strategies
         only the floating-point arrays (their maths casts integer buffers such as
@@ -376,19 +382,30 @@ def summarise_evaluation(
     per_client = dict(sorted(per_client.items()))  # arrival order must not change the sums
     accs = {pid: res.metrics["acc"] for pid, res in per_client.items()}
     n = {pid: res.num_examples for pid, res in per_client.items()}
+    values = np.array(list(accs.values()))
     out: dict[str, float] = {
-        "acc": float(np.mean(list(accs.values()))),
+        "acc": float(np.mean(values)),
         "acc_weighted": float(sum(accs[p] * n[p] for p in accs) / max(1, sum(n.values()))),
         "loss": float(np.mean([res.metrics["loss"] for res in per_client.values()])),
+        # the spread FL papers report beside the mean: 10th percentile and worst client
+        "acc_p10": float(np.percentile(values, 10)),
+        "acc_min": float(values.min()),
     }
     for pid in sorted(accs):
         out[f"acc_client/{pid}"] = accs[pid]
+    vals = {
+        pid: res.metrics["val_acc"] for pid, res in per_client.items() if "val_acc" in res.metrics
+    }
+    if vals:  # evaluation.validation_fraction: the selection split (fedsim.selection)
+        out["val_acc"] = float(np.mean(list(vals.values())))
+        for pid in sorted(vals):
+            out[f"val_acc_client/{pid}"] = vals[pid]
     by_domain: dict[str, list[float]] = {}
     for pid, res in per_client.items():
         d = int(res.metrics.get("domain", 0))
         name = domain_names[d] if d < len(domain_names) else str(d)
         by_domain.setdefault(name, []).append(accs[pid])
     if len(by_domain) > 1:
-        for name, vals in sorted(by_domain.items()):
-            out[f"acc_domain/{name}"] = float(np.mean(vals))
+        for name, dom_accs in sorted(by_domain.items()):
+            out[f"acc_domain/{name}"] = float(np.mean(dom_accs))
     return out
