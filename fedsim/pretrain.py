@@ -216,7 +216,8 @@ def _writer(out: Path) -> Any:
 def _progress(total: int, done: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc="pretrain", unit="epoch", leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, scripts)
+    return tqdm(total=total, initial=done, desc="pretrain", unit="epoch", leave=False, disable=None)
 
 
 def main(args: list[str]) -> int:
