@@ -66,6 +66,9 @@ class PartitionConfig:
     clients_per_domain: int = 1
     mixture: list[list[float]] = field(default_factory=list)  # per client weights over sources
     allow_empty: bool = False
+    # a Flower Datasets partitioner by class name instead of ``kind`` (fedsim.flwr_partition)
+    flwr: str = ""
+    args: dict[str, Any] = field(default_factory=dict)  # its keyword arguments
 
 
 @dataclass

@@ -175,6 +175,10 @@ def load_source(
         value = getattr(src, field)
         if not value:
             raise DataError(f"{where}: required for format {src.format!r}")
+        if src.format == "hf":  # a Hub name or a local datasets folder, not only a path
+            from fedsim.hf_source import load_hf
+
+            return load_hf(value, data_root, field, where, image_size)
         path = _resolve(value, data_root)
         try:
             if src.format == "npz":

@@ -30,8 +30,8 @@ from PIL import Image, UnidentifiedImageError
 
 from fedsim.errors import DataError
 
-FORMATS = ("sklearn_digits", "npz", "idx", "cifar", "image_folder")
-"""Allowed values of ``SourceConfig.format``."""
+FORMATS = ("sklearn_digits", "npz", "idx", "cifar", "image_folder", "hf")
+"""Allowed values of ``SourceConfig.format`` (``hf``: :mod:`fedsim.hf_source`)."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 """File suffixes (case-insensitive) that :func:`load_image_folder` reads."""

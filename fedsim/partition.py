@@ -104,6 +104,10 @@ def validate_partition(
     """
     if num_clients < 1:
         raise ConfigError(f"num_clients: must be >= 1, got {num_clients}")
+    if cfg.flwr:  # a Flower Datasets partitioner: its own signature is the check
+        from fedsim.flwr_partition import validate_flwr
+
+        return validate_flwr(cfg, num_clients)
     if cfg.kind not in KINDS:
         raise ConfigError(f"partition.kind: unknown {cfg.kind!r} (allowed: {', '.join(KINDS)})")
     if not cfg.alpha > 0 or not np.isfinite(cfg.alpha):
@@ -450,6 +454,10 @@ def partition(
     sizes = np.bincount(dom, minlength=num_domains).tolist() if dom is not None else None
     validate_partition(cfg, num_clients, n, num_domains, sizes)
 
+    if cfg.flwr:
+        from fedsim.flwr_partition import flwr_partition
+
+        return flwr_partition(labels, dom, num_clients, cfg, rng)
     if cfg.kind == "iid":
         return _iid(n, num_clients, rng)
     if cfg.kind == "dirichlet":

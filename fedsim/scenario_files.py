@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedsim.config import ScenarioConfig
 from fedsim.errors import ConfigError
+from fedsim.flwr_partition import fold_flat_keys
 
 
 def omegaconf_message(err: OmegaConfBaseException) -> str:
@@ -132,6 +133,8 @@ def load_scenario_file(path: Path) -> DictConfig:
     raw.setdefault("name", path.stem)
     raw["file"] = where
     try:
+        if "partition" in raw:  # {flwr: X, alpha: ...}: the partitioner's own arguments
+            raw["partition"] = fold_flat_keys(raw["partition"])
         raw = _schema_check(raw, ScenarioConfig, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

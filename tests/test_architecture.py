@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
 import sys
 from pathlib import Path
@@ -90,7 +91,9 @@ def _third_party_imports() -> dict[str, str]:
 def _declared() -> set[str]:
     import tomli
 
-    deps = tomli.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomli.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # the optional extras' packages count: fedsim imports them lazily, behind a feature
+    deps = [*project["dependencies"], *project["optional-dependencies"]["datasets"]]
     return {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
 
 
@@ -129,9 +132,32 @@ def test_run_help_imports_no_torch_flower_or_data_stack() -> None:
         "        pass\n"
         "assert 'strategy: ' in out.getvalue(), out.getvalue()\n"
         "heavy = ('torch', 'flwr', 'numpy', 'sklearn', 'scipy', 'matplotlib',\n"
-        "         'tensorboard', 'ray')\n"
+        "         'tensorboard', 'ray', 'optuna', 'datasets', 'flwr_datasets')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_that_uses_neither_imports_optuna_or_the_datasets_stack() -> None:
+    """Optuna (fedsim tune) and Hugging Face datasets / Flower Datasets (scenario files that
+    name them) cost seconds to import: a plain run must not pay for them."""
+    import subprocess
+
+    code = (
+        "import sys, tempfile\n"
+        "from fedsim.cli import main\n"
+        "out = tempfile.mkdtemp()\n"
+        "rc = main(['run', 'rounds=1', 'scenario.num_clients=2', 'backbone=mlp',\n"
+        "           'progress=false', 'runtime.threads=1', f'output_dir={out}'])\n"
+        "assert rc == 0, rc\n"
+        "print(sorted(m for m in ('optuna', 'datasets', 'flwr_datasets', 'pyarrow')\n"
+        "             if m in sys.modules))\n"
+    )
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
