@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment
 
 from fedsim.config import OpenWorldConfig
 from fedsim.errors import ConfigError
@@ -194,6 +193,8 @@ def hungarian_mapping(pred: npt.ArrayLike, true: npt.ArrayLike) -> dict[int, int
     ``cluster_acc``).  Clusters left without a class (more clusters than classes) map
     to ``-1``.
     """
+    from scipy.optimize import linear_sum_assignment  # scipy only where it is used
+
     p = np.asarray(pred, dtype=np.int64)
     t = np.asarray(true, dtype=np.int64)
     if p.size == 0:
