@@ -31,6 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import diff_cell, final_metrics, mean_sd, paired, status
 
+from fedsim.checkpoint import CHECKPOINT_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "augmentation"
 DOC = ROOT / "docs" / "results" / "augmentation.md"
@@ -84,7 +86,7 @@ def run_one(name: str, arm: str, recipe: str, seed: int, rounds: int, width: flo
     if status(path) == "complete":
         return
     t0 = time.time()
-    if (path / "checkpoint.pt").exists():
+    if (path / CHECKPOINT_FILE).exists():
         cmd = [fedsim(), "resume", str(path)]
     else:
         cmd = [

@@ -40,6 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import diff_cell, final_metrics, mean_sd, paired, status
 
+from fedsim.checkpoint import CHECKPOINT_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("mnist", "usps", "mnistm")
 PROTOCOL = {
@@ -55,7 +57,9 @@ PROTOCOL = {
 }
 
 
-def overrides(strategy: str, seed: int, rounds: int, width: float, out: Path) -> list[str]:
+def overrides(
+    strategy: str, seed: int, rounds: int, width: float, out: Path, every: int = 10
+) -> list[str]:
     p = PROTOCOL
     return [
         f"scenario={p['scenario']}", f"scenario.dataset.image_size={p['image_size']}",
@@ -66,7 +70,7 @@ def overrides(strategy: str, seed: int, rounds: int, width: float, out: Path) ->
         f"train.local_steps={p['local_steps']}", f"train.batch_size={p['batch_size']}",
         f"train.lr={p['lr']}", f"train.momentum={p['momentum']}",
         "train.persist_optimizer=true", "backbone=cnn_digits", f"backbone.width={width}",
-        f"seed={seed}", f"rounds={rounds}", "eval_every=1", "checkpoint_every=10",
+        f"seed={seed}", f"rounds={rounds}", "eval_every=1", f"checkpoint_every={every}",
         "runtime.threads=1", f"experiment=fraug_faithful-{width:g}", f"output_dir={out}",
         "progress=false", "overwrite=true",
     ]  # fmt: skip
@@ -76,15 +80,17 @@ def run_dir(out: Path, strategy: str, seed: int, width: float) -> Path:
     return out / f"fraug_faithful-{width:g}" / strategy / f"seed-{seed}"
 
 
-def run_one(strategy: str, seed: int, rounds: int, width: float, out: Path) -> None:
+def run_one(
+    strategy: str, seed: int, rounds: int, width: float, out: Path, every: int = 10
+) -> None:
     path = run_dir(out, strategy, seed, width)
     if status(path) == "complete":
         return
     fedsim = str(Path(sys.executable).parent / "fedsim")
-    if (path / "checkpoint.pt").exists():
+    if (path / CHECKPOINT_FILE).exists():
         cmd = [fedsim, "resume", str(path)]
     else:
-        cmd = [fedsim, "run", *overrides(strategy, seed, rounds, width, out)]
+        cmd = [fedsim, "run", *overrides(strategy, seed, rounds, width, out, every)]
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"{strategy} seed {seed}: {time.time() - t0:.0f} s", flush=True)
@@ -173,6 +179,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "results" / "fraug_faithful.md")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--checkpoint-every", type=int, default=10)
     ns = ap.parse_args()
     strategies = ["fedbn", "fraug", *(["fedavg"] if ns.with_fedavg else [])]
     command = "python scripts/fraug_faithful.py " + " ".join(sys.argv[1:])
@@ -185,7 +192,7 @@ def main() -> int:
     if not ns.report_only:
         for seed in ns.seeds:
             for strategy in strategies:
-                run_one(strategy, seed, ns.rounds, ns.width, ns.out)
+                run_one(strategy, seed, ns.rounds, ns.width, ns.out, ns.checkpoint_every)
                 report()
     report()
     return 0

@@ -1,0 +1,65 @@
+"""The resumable result scripts continue where they stopped when killed (tiny budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, shared_file
+
+pytestmark = pytest.mark.slow
+
+
+def _rounds(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["round"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _status(run_dir: Path) -> str:
+    return str(json.loads((run_dir / "run.json").read_text())["status"])
+
+
+def test_fraug_faithful_killed_then_restarted_resumes(tmp_path: Path) -> None:
+    shared_file("digits/usps_test.npz")
+    out, doc = tmp_path / "runs", tmp_path / "ff.md"
+    cmd = [
+        sys.executable, "scripts/fraug_faithful.py", "--seeds", "0", "--rounds", "4",
+        "--checkpoint-every", "1", "--out", str(out), "--doc", str(doc),
+    ]  # fmt: skip
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
+    first = out / "fraug_faithful-0.25" / "fedbn" / "seed-0"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while len(_rounds(first)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(_rounds(first)) >= 2, "the first run never reached round 2"
+        os.killpg(proc.pid, signal.SIGTERM)  # the script and its fedsim child, by group
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # the fedsim child finishes its round, checkpoints and says so in run.json
+    deadline = time.time() + 300
+    while _status(first) == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    assert _status(first) == "interrupted"
+    assert len(_rounds(first)) < 4
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _rounds(first) == [1, 2, 3, 4]  # resumed: every round once
+    assert "resuming from round" in (first / "fedsim.log").read_text()
+    second = out / "fraug_faithful-0.25" / "fraug" / "seed-0"
+    assert _rounds(second) == [1, 2, 3, 4]
+    summary = json.loads(doc.with_suffix(".json").read_text())
+    assert summary["strategies"]["fedbn"]["seeds"] == [0]
+    assert "fraug-fedbn" in summary["paired"]
