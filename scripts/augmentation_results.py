@@ -184,7 +184,8 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true")
     ns = parser.parse_args()
     rounds = {"cifar": ns.rounds_cifar, "digits": ns.rounds_digits}
-    command = "python scripts/augmentation_results.py " + " ".join(sys.argv[1:])
+    given = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = "python scripts/augmentation_results.py " + " ".join(given)
 
     def report() -> None:
         summary = summarise(ns.seeds, rounds, ns.width)

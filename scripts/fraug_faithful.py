@@ -182,7 +182,8 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ns = ap.parse_args()
     strategies = ["fedbn", "fraug", *(["fedavg"] if ns.with_fedavg else [])]
-    command = "python scripts/fraug_faithful.py " + " ".join(sys.argv[1:])
+    given = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = "python scripts/fraug_faithful.py " + " ".join(given)
 
     def report() -> None:
         summary = summarise(strategies, ns.seeds, ns.rounds, ns.width, ns.out)
