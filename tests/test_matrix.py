@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from fedsim.registry import algorithms
+from fedsim.tracking import Callback
 
 STRATEGIES = list(algorithms())
 CHANNELS = ("identity", "randk", "topk", "qsgd")
@@ -56,7 +57,7 @@ def overrides(name: str, channel: str, tmp_path: Path, workers: int) -> list[str
     return out
 
 
-class Collect:
+class Collect(Callback):
     """A round-loop callback that keeps every round's metrics."""
 
     def __init__(self) -> None:
