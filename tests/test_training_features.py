@@ -269,3 +269,15 @@ def test_tensorboard_gets_the_confusion_image_and_the_client_histogram(fast_cfg:
     assert [h.step for h in hist] == [1, 2]
     assert hist[-1].histogram_value.num == 10  # one accuracy per client
     assert "eval/acc_p10" in events.Tags()["scalars"]
+
+
+def test_augmented_runs_do_not_depend_on_the_worker_count(fast_cfg: Any, tmp_path: Path) -> None:
+    from fedsim.runner import execute
+
+    common = ("rounds=2", "runtime.threads=1", "train.augment.recipe=fraug_digits")
+    inline = _rows(execute(fast_cfg(*common, f"output_dir={tmp_path}/a")))
+    workers = _rows(execute(fast_cfg(*common, "runtime.workers=2", f"output_dir={tmp_path}/b")))
+    plain = _rows(execute(fast_cfg("rounds=2", "runtime.threads=1", f"output_dir={tmp_path}/c")))
+    for key in ("train/loss", "eval/acc", "eval/loss", "eval/global_acc"):
+        assert [r[key] for r in workers] == [r[key] for r in inline], key  # bit-identical
+    assert inline[0]["train/loss"] != plain[0]["train/loss"]  # augmentation was on
