@@ -256,6 +256,47 @@ def pseudo_table(out: Path, scenario: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_rows(out: Path, scenario: str, seeds: list[int]) -> dict[str, dict[str, float]]:
+    """``fedossl - fedossl_orca`` on the seeds both completed: per figure the mean
+    difference, its 95 % t interval, paired t and Wilcoxon p (``paired_stats.paired``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paired_stats import paired
+
+    a = results(out, scenario, "fedossl_orca", seeds)
+    b = results(out, scenario, "fedossl", seeds)
+    both = sorted(set(a) & set(b))
+    if not both:
+        return {}
+    return {
+        k: {
+            **paired([a[s][f"acc_{k}"] for s in both], [b[s][f"acc_{k}"] for s in both]),
+            "seeds": both,
+        }
+        for k in ("seen", "unseen", "all")
+    }
+
+
+def paired_table(out: Path, scenarios: list[str], seeds: list[int]) -> str:
+    lines = [
+        "FedoSSL minus the ORCA baseline, paired by seed (same split and initial model), in "
+        "points; 95 % t interval; paired t and Wilcoxon two-sided p.\n",
+        "| scenario | figure | seeds | difference [95 % CI] | paired t p | Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sc in scenarios:
+        for k, st in paired_rows(out, sc, seeds).items():
+            ci = (
+                f"[{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}]"
+                if "ci_low" in st
+                else "(1 pair)"
+            )
+            lines.append(
+                f"| {sc} | {k} | {len(st['seeds'])} | {100 * st['mean_diff']:+.1f} {ci} "
+                f"| {st.get('t_p', float('nan')):.3f} | {st.get('wilcoxon_p', float('nan')):.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def summary(out: Path, scenarios: list[str], seeds: list[int]) -> dict:
     """``{scenario: {method: {seen, unseen, all, rounds, local_epochs, seeds}}}`` (mean %)."""
     doc: dict = {}
@@ -328,6 +369,11 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         f"* Complete: {done} of {total} runs.\n",
         "## Accuracy\n",
         table(out, scenarios, seeds),
+        *(
+            ["## FedoSSL vs ORCA, paired\n", paired_table(out, scenarios, seeds)]
+            if "fedossl_orca" in METHODS and "fedossl" in METHODS
+            else []
+        ),
         "## Pseudo-label evidence\n",
         "Per round, averaged over clients (weighted by samples) and seeds. A *sample "
         "visit* is one unlabelled sample in one training batch (5 epochs per round, so "
@@ -353,6 +399,7 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
                 "trainable": TRAINABLE,
             },
             **doc,
+            "paired_fedossl_minus_orca": {sc: paired_rows(out, sc, seeds) for sc in scenarios},
         }
     (REPO / args.summary).write_text(json.dumps(doc, indent=2) + "\n")
 
