@@ -399,8 +399,9 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
                 "trainable": TRAINABLE,
             },
             **doc,
-            "paired_fedossl_minus_orca": {sc: paired_rows(out, sc, seeds) for sc in scenarios},
         }
+    if "fedossl" in METHODS and "fedossl_orca" in METHODS:
+        doc["paired_fedossl_minus_orca"] = {sc: paired_rows(out, sc, seeds) for sc in scenarios}
     (REPO / args.summary).write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -423,10 +424,15 @@ def main() -> None:
         help="> 0: SimCLR-pretrain a checkpoint per scenario first (fedsim pretrain), start "
         "fedossl and fedossl_orca from it with only the last block and the head trainable",
     )  # fmt: skip
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help="a subset of the methods (default: all)"
+    )
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
+    global METHODS
+    if args.methods:
+        METHODS = tuple(m for m in METHODS if m in args.methods)
     if args.pretrain_epochs > 0:
-        global METHODS
         METHODS = ("fedossl", "fedossl_orca")
         for sc in args.only:
             PRETRAINED[sc] = (
