@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedsim.atomic import write_atomic
 from fedsim.errors import CheckpointError
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 
@@ -123,17 +124,7 @@ def save_model(state: dict[str, Any], path: Path) -> None:
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
-            tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, buf.getvalue())
 
 
 def load(path: Path) -> Checkpoint:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,12 +198,13 @@ def run_pretrain(pc: PretrainConfig, cfg: RunConfig) -> dict[str, float]:
 
 
 def _save_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    import io
+
+    from fedsim.atomic import write_atomic
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def _writer(out: Path) -> Any:

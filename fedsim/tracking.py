@@ -7,7 +7,6 @@ way.  Callbacks never compute metrics.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.atomic import write_atomic
 from fedsim.runlock import promote
 from fedsim.tb_layout import mark_shown, shown_hparams
 
@@ -36,18 +36,8 @@ def write_json_atomic(path: Path, payload: dict[str, Any], reserve: int = 0) -> 
     """Write-then-rename so a reader never sees half a file; no temporary file is left
     behind when the write fails.  ``reserve`` bytes of trailing blanks (valid JSON) keep
     room for :func:`write_json_inplace` on a full disk."""
-    tmp = path.with_name(f".{path.name}.tmp")
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text + " " * reserve)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
-            tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, text + " " * reserve)
 
 
 def write_json_inplace(path: Path, payload: dict[str, Any]) -> None:
@@ -84,17 +74,7 @@ def read_status(run_dir: Path) -> str | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write-then-rename for a text file; no temporary file is left behind on failure."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a directory that forbids it: the next run does
-            tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 class Callback:
