@@ -26,7 +26,7 @@ from fedsim.channels import BytesAxisCallback, wire_nbytes
 from fedsim.conf import to_plain
 from fedsim.config import RunConfig
 from fedsim.dp import wrap_dp
-from fedsim.errors import Interrupted
+from fedsim.errors import Interrupted, RunFailed
 from fedsim.faults import byzantine_clients
 from fedsim.federation import Federation, load_federation
 from fedsim.figures import confusion_image, evaluate_with_confusion
@@ -100,9 +100,10 @@ def discover_nodes(
     if missing:
         log.warning("%d of %d clients did not answer the start-up query", missing, num_clients)
     if len(out) < min_clients:
-        raise RuntimeError(
+        raise RunFailed(
             f"only {len(out)} of {num_clients} clients answered within {timeout:g} s "
-            f"(scenario.participation.min_clients={min_clients})"
+            f"(scenario.participation.min_clients={min_clients}); on a busy machine or a "
+            "slow cluster raise runtime.wait_nodes"
         )
     return out
 
