@@ -164,11 +164,12 @@ def test_discovery_waits_for_nodes_that_connect_late(quick_wait: None) -> None:
 
 
 def test_discovery_gives_up_below_min_clients(quick_wait: None) -> None:
+    from fedsim.errors import RunFailed
     from fedsim.server import discover_nodes
 
     grid = FakeGrid({101: 0})
     assert discover_nodes(grid, 3, timeout=0.01, min_clients=1) == {0: 101}  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError, match="only 1 of 3 clients"):
+    with pytest.raises(RunFailed, match="only 1 of 3 clients"):  # one line, exit 1
         discover_nodes(grid, 3, timeout=0.01, min_clients=2)  # type: ignore[arg-type]
 
 
