@@ -220,6 +220,26 @@ def _progress(total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, desc="pretrain", unit="epoch", leave=False, disable=None)
 
 
+def _refuse_scenarios_without_images(overrides: list[str]) -> None:
+    """A scenario that poses a synthetic problem (``problem.kind``) has no images: say so
+    before composing, whose own check would speak of the strategy instead."""
+    from fedsim.conf import scenario_files
+    from fedsim.scenario_files import load_scenario_file
+
+    name = next((o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")), "")
+    if not name:
+        return
+    path = scenario_files().get(name) or Path(name)
+    if not path.is_file():
+        return  # compose names the missing scenario
+    kind = str(load_scenario_file(path).get("problem", {}).get("kind", "classification"))
+    if kind != "classification":
+        raise ConfigError(
+            f"scenario: '{name}' has no images to pretrain on (problem.kind={kind}); "
+            "pretraining needs an image scenario (e.g. scenario=mnist_open_world)"
+        )
+
+
 def main(args: list[str]) -> int:
     """``fedsim pretrain --out PATH [--epochs N ...] [key=value ...]``."""
     from fedsim.conf import compose
@@ -244,6 +264,7 @@ def main(args: list[str]) -> int:
         ns = parser.parse_args(args)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    _refuse_scenarios_without_images(ns.overrides)
     cfg = compose(ns.overrides)
     pc = PretrainConfig(
         ns.out,

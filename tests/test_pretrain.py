@@ -96,6 +96,13 @@ def test_bad_pretrain_input_is_one_line(tmp_path: Path) -> None:
         "fedsim: error: pretrain --epochs: must be >= 1, got 0"
     ]
     assert not (tmp_path / "w.pt").exists() and not list(tmp_path.iterdir())
+    synthetic = fedsim("--out", str(tmp_path / "w.pt"), "scenario=masha_bilinear")
+    assert synthetic.returncode == 2
+    assert synthetic.stderr.strip().splitlines() == [
+        "fedsim: error: scenario: 'masha_bilinear' has no images to pretrain on "
+        "(problem.kind=bilinear); pretraining needs an image scenario (e.g. "
+        "scenario=mnist_open_world)"
+    ]
     folder = fedsim("--out", str(tmp_path), "--epochs", "1")
     assert folder.returncode == 2 and "must be a file path" in folder.stderr
     assert "Traceback" not in bad.stderr + folder.stderr
