@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.hooks import autocast
+from fedsim.training import eval_batches
 
 #: client-accuracy metrics in a round's metrics (``eval/acc_client/<id>``)
 CLIENT_ACC = "eval/acc_client/"
@@ -30,14 +30,9 @@ def evaluate_with_confusion(
 ) -> tuple[float, float, np.ndarray]:
     """Accuracy, mean cross-entropy and the confusion matrix (rows: true class, columns:
     predicted) of ``model`` on ``(x, y)`` in one pass, eval mode."""
-    model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     loss = 0.0
-    for start in range(0, len(y), batch_size):
-        xb = x[start : start + batch_size].to(device)
-        yb = y[start : start + batch_size].to(device)
-        with autocast(device, precision):
-            logits = model(xb)
+    for logits, yb in eval_batches(model, x, y, device, batch_size, precision):
         loss += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
         pred = logits.argmax(1)
         confusion += torch.bincount(

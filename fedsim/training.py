@@ -8,6 +8,7 @@ proximal term: ``prox_mu`` and ``prox_ref``) are also understood by the vectoris
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -254,15 +255,28 @@ def evaluate_model(
     precision: str = "fp32",
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)`` (eval mode)."""
-    model.eval()
     if len(y) == 0:
         return 0.0, 0.0
     correct, loss = 0, 0.0
-    for start in range(0, len(y), batch_size):
-        xb = x[start : start + batch_size].to(device)
-        yb = y[start : start + batch_size].to(device)
-        with autocast(device, precision):
-            logits = model(xb)
+    for logits, yb in eval_batches(model, x, y, device, batch_size, precision):
         loss += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return correct / len(y), loss / len(y)
+
+
+def eval_batches(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 512,
+    precision: str = "fp32",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, labels)`` of ``model`` (eval mode, no grad) batch by batch on ``device``."""
+    model.eval()
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        with torch.no_grad(), autocast(device, precision):
+            logits = model(xb)
+        yield logits, yb
