@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +44,102 @@ def test_bad_attack_settings_are_refused(fast_cfg) -> None:  # type: ignore[no-u
         fast_cfg("scenario.faults.byzantine=1.0")
 
 
-def test_attackers_are_counted_and_hurt_fedavg(tmp_path: Path) -> None:
-    from fedsim.api import run
+@dataclass
+class Round:
+    """What one recorded FedAvg round shows: arrays as float64, replies by partition id."""
 
-    common = ["backbone.width=0.25", "runtime.threads=1", f"output_dir={tmp_path}",
-              "progress=false", "scenario.faults.byzantine=0.3",
-              "scenario.faults.attack=sign_flip"]  # fmt: skip
-    result = run(strategy="fedavg", rounds=2, overrides=common)
-    rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
-    assert [r["sys/byzantine_clients"] for r in rounds] == [3.0, 3.0]
+    metrics: dict[str, float]
+    start: dict[str, np.ndarray]  # the global model the clients received
+    replies: dict[int, dict[str, np.ndarray]]  # the model each client sent back
+    examples: dict[int, float]  # each reply's num-examples (FedAvg's weight)
+    final: dict[str, np.ndarray]  # the global model after aggregation
+
+
+def _floats(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        k: v.astype(np.float64) for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating)
+    }
+
+
+def _one_fedavg_round(tmp_path: Path, *extra: str) -> Round:
+    """One FedAvg round of the 10 digits_iid clients on a RecordingGrid."""
+    import torch
+    from conftest import small_overrides
+    from recording import RecordingGrid
+
+    from fedsim.app import CONFIG_KEY, make_client_app
+    from fedsim.conf import compose, to_json
+    from fedsim.runtime.inline import NODE_BASE
+    from fedsim.server import run_experiment
+
+    cfg = compose(small_overrides(tmp_path, "strategy=fedavg", "rounds=1",
+                                  "runtime.threads=1", "train.local_steps=4", *extra))  # fmt: skip
+    grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
+    metrics = run_experiment(grid, cfg, tmp_path / "run", callbacks=[])
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    replies = {
+        m.metadata.src_node_id - NODE_BASE: m
+        for m in grid.received
+        if m.has_content() and m.metadata.message_type == "train"
+    }
+    final = torch.load(tmp_path / "run" / "final_model.pt")
+    return Round(
+        metrics=metrics,
+        start=_floats(numpy_from_arrays(sent[0].content.array_records["arrays"])),
+        replies={
+            p: _floats(numpy_from_arrays(m.content.array_records["arrays"]))
+            for p, m in replies.items()
+        },
+        examples={
+            p: float(m.content.metric_records["metrics"]["num-examples"])  # type: ignore[arg-type]
+            for p, m in replies.items()
+        },
+        final=_floats({k: v.numpy() for k, v in final.items()}),
+    )
+
+
+def test_sign_flip_reverses_the_attackers_updates_and_moves_fedavg_against_them(
+    tmp_path: Path,
+) -> None:
+    """The same seed with and without ``sign_flip`` (attack_scale 4, 3 of 10 clients).
+
+    Honest clients send the same arrays in both runs; the attackers send
+    ``start - 4 u`` where the clean run's same client sent ``start + u``, and they are the
+    clients the server counts.  FedAvg's new model is the example-weighted mean, so it
+    moves by exactly ``-(4 + 1) * sum_attackers(w_i u_i)`` against the clean run's.
+    """
+    clean = _one_fedavg_round(tmp_path / "clean")
+    attacked = _one_fedavg_round(
+        tmp_path / "attacked", "scenario.faults.byzantine=0.3", "scenario.faults.attack=sign_flip"
+    )
+    assert set(clean.replies) == set(attacked.replies) == set(range(10))
+    assert clean.examples == attacked.examples
+    start = clean.start
+    assert all(np.array_equal(start[k], attacked.start[k]) for k in start)
+
+    flipped = set()
+    for pid in range(10):
+        u = {k: v - start[k] for k, v in clean.replies[pid].items()}
+        got = {k: v - start[k] for k, v in attacked.replies[pid].items()}
+        if all(np.array_equal(got[k], u[k]) for k in u):
+            continue  # an honest client: untouched
+        flipped.add(pid)
+        for k in u:  # float32 on the wire: start - 4 u, rounded, then minus start
+            np.testing.assert_allclose(got[k], -4.0 * u[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    attackers = byzantine_clients(FaultConfig(byzantine=0.3), 10, seed=0)
+    assert len(attackers) == 3 and flipped == attackers, (flipped, attackers)
+    assert attacked.metrics["sys/byzantine_clients"] == 3.0
+    assert clean.metrics.get("sys/byzantine_clients", 0.0) == 0.0
+
+    total = sum(clean.examples.values())
+    for k in start:
+        shift = attacked.final[k] - clean.final[k]
+        attackers_part = sum(
+            clean.examples[p] / total * (clean.replies[p][k] - start[k]) for p in attackers
+        )
+        np.testing.assert_allclose(shift, -5.0 * attackers_part, rtol=1e-3, atol=1e-6, err_msg=k)
+    moved = max(float(np.abs(attacked.final[k] - clean.final[k]).max()) for k in start)
+    assert moved > 1e-3, "the attack did not move the global model"
 
 
 @pytest.mark.slow

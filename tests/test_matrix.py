@@ -6,9 +6,14 @@ strategies, which has no reference point; ``tests/test_channels.py`` covers it.)
 The wrappers (``fedsim.wrap``) promise that no algorithm can bypass participation, the
 channels or reply filtering.  Each cell checks: every logged number is finite; the bytes
 the round loop counted are the data bytes of the messages that crossed the grid, and a
-lossy channel sends fewer of them than the identity channel; the model is no worse than
-at the start (classification: the last round's federated loss is at most 5 % above the
-first round's; MASHA: the relative distance to the solution has not grown).
+lossy channel sends fewer of them than the identity channel did in the reference run of
+the same strategy (``tests/golden``; the identity cells send exactly those bytes, under
+either runtime); the model is no worse than at the start (classification: the last
+round's federated loss is at most 5 % above the first round's; MASHA: the relative
+distance to the solution has not grown).  The cells recorded in
+``tests/golden/final_metrics.json`` (every strategy on the identity channel, FedAvg and
+MASHA1 on each lossy uplink; recorded in-process) also reproduce every recorded final
+metric, in-process and with worker processes.
 The in-process cells run in the default suite, and so do the worker cells of one
 strategy per family with the identity and RandK channels; the other worker cells are
 ``slow``.
@@ -20,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import golden
 import pytest
 
 from fedsim.registry import algorithms
@@ -27,7 +33,6 @@ from fedsim.tracking import Callback
 
 STRATEGIES = list(algorithms())
 CHANNELS = ("identity", "randk", "topk", "qsgd")
-IDENTITY_BYTES: dict[tuple[str, str], float] = {}  # (strategy, runtime) -> bytes up + down
 
 
 def overrides(name: str, channel: str, tmp_path: Path, workers: int) -> list[str]:
@@ -90,7 +95,7 @@ def run_cell(name: str, channel: str, tmp_path: Path, workers: int) -> None:
         threads=1,
     )
     collect = Collect()
-    run_experiment(grid, cfg, tmp_path / "run", callbacks=[collect])
+    final = run_experiment(grid, cfg, tmp_path / "run", callbacks=[collect])
     first, last = collect.rounds[0], collect.rounds[-1]
     for rnd in collect.rounds:  # every number logged is finite
         bad = {k: v for k, v in rnd.items() if not math.isfinite(v)}
@@ -101,11 +106,23 @@ def run_cell(name: str, channel: str, tmp_path: Path, workers: int) -> None:
     assert last["comm/bytes_down_total"] == wire_nbytes(sent)
     total = last["comm/bytes_up_total"] + last["comm/bytes_down_total"]
     assert total > 0
-    key = (name, "workers" if workers else "inline")
+    reference = golden.cell(name, "identity")
+    assert reference is not None, f"{name}: no reference run in {golden.FILE}"
+    plain = (
+        reference["metrics"]["comm/bytes_up_total"] + reference["metrics"]["comm/bytes_down_total"]
+    )
     if channel == "identity":
-        IDENTITY_BYTES[key] = total
-    elif key in IDENTITY_BYTES:
-        assert total < IDENTITY_BYTES[key], f"{name} x {channel} sent no fewer bytes"
+        assert total == plain, f"{name}: {total} bytes, the reference run sent {plain}"
+    else:
+        assert total < plain, (
+            f"{name} x {channel}: {total} bytes, not fewer than identity's {plain}"
+        )
+    recorded = golden.cell(name, channel)
+    if recorded is not None:  # worker processes give the in-process numbers
+        settings = [o for o in overrides(name, channel, tmp_path, 0) if "output_dir=" not in o]
+        assert settings == recorded["overrides"], "not the settings of the recorded run"
+        bad = golden.mismatches(f"{name}/{channel}", recorded["metrics"], final)
+        assert not bad, "final metrics moved from tests/golden:\n" + "\n".join(bad)
     if "masha/rel_dist" in last:
         if not (name == "naive_eg" and channel != "identity"):  # the baseline that stalls
             assert last["masha/rel_dist"] <= first.get("masha/rel_dist", 1.0) + 1e-9
