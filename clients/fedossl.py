@@ -1,10 +1,10 @@
 """FedoSSL client (Zhang et al., ICML 2023, arXiv 2305.00771; server side and deviations in
 ``strategies.fedossl``).
 
-The local objective of one mini-batch (spec §3), added to the shared training loop as a
-``TrainHooks.loss`` (``y < 0`` marks samples whose label is hidden; the hidden class ``c``
-is carried as ``-1 - c`` for *measurement only* — the pseudo-label accuracy — and never
-enters a loss):
+The local objective of one mini-batch (spec §3), the loss stage of the client's round
+(:class:`FedoSSLRun`, a :class:`fedsim.client.LocalRun` run by the shared training loop;
+``y < 0`` marks samples whose label is hidden; the hidden class ``c`` is carried as
+``-1 - c`` for *measurement only* — the pseudo-label accuracy — and never enters a loss):
 
 ``L = CE_m + L_BCE - R + [t >= t_c] w_c L_clu + [t >= t_p] CE_pseudo + s lam_S (L_S1 + L_S2)``
 
@@ -58,15 +58,16 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedsim.augment import Augmenter
-from fedsim.backbones import Backbone, NormedLinear, bn_running_stat_keys, replace_head
-from fedsim.client import Client, ClientEnv
+from fedsim.backbones import Backbone, NormedLinear, replace_head
+from fedsim.client import Client, ClientEnv, LocalResult, LocalRun
+from fedsim.config import RunConfig
 from fedsim.errors import ConfigError
 from fedsim.federation import Federation
 from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
-from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
+from fedsim.payloads import EvalIns, EvalRes
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_rng, torch_generator
-from fedsim.training import TrainHooks, train_local
+from fedsim.training import BatchOut, TrainStats
 from protocols.fedossl import (
     LOCAL_RECORD,
     CentroidsPayload,
@@ -75,6 +76,7 @@ from protocols.fedossl import (
     fedossl_config,
     views_needed,
 )
+from protocols.fedossl import local_keys as fedossl_local_keys
 from protocols.fedossl_math import local_kmeans, pseudo_label_stats, suppression_weights
 
 log = logging.getLogger(__name__)
@@ -288,8 +290,88 @@ def evaluation_set(fed: Federation, protocol: str, cap: int) -> tuple[torch.Tens
         return x, y
 
 
+class FedoSSLRun(LocalRun["FedoSSLClient"]):
+    """A FedoSSL client's round: every local sample (hidden labels negative), the
+    objective as the loss stage (it runs the model on the two views itself), local
+    k-means on the memory bank at the end."""
+
+    forward = "none"  # the objective makes and forwards the two views
+    augment = False  # ... from the client's augmentation stream
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All of the client's samples; a hidden label ``c`` is carried as ``-1 - c``."""
+        data = self.client.env.fed.client(self.client.pid)
+        lab = data.labeled
+        self.labeled = lab if lab is not None else torch.ones_like(data.y, dtype=torch.bool)
+        self.x_unlabeled = data.x[~self.labeled]
+        return data.x, hide_labels(data.y, self.labeled)
+
+    def setup(self) -> None:
+        """Trainable layers, the round's margin and suppression weights (from the
+        model's predictions on the unlabelled samples), and the objective with the
+        memory bank the round starts from and the server's centroids."""
+        client, ins, f = self.client, self.ins, self.client.fcfg
+        model = client.model
+        assert isinstance(model, Backbone)
+        device = client.env.device
+        client.set_trainable()
+        u_bar, counts = client.uncertainty(self.x_unlabeled, ins.server_round)
+        self.margin = min(u_bar, f.margin_cap)
+        pairs = torch_generator(self.cfg.seed, "fedossl-pairs", ins.server_round, client.pid)
+        down = CentroidsPayload.from_extra(ins.extra)
+        self.objective = FedoSSLObjective(
+            f,
+            ins.server_round,
+            self.margin,
+            suppression_weights(counts, f.suppress_beta).to(device),
+            None if down is None else torch.from_numpy(down.centroids.copy()).to(device),
+            client.memory(model.feature_dim),
+            client.env.fed.data.num_classes,
+            client.roles.seen,
+            client.views_augmenter(),
+            client.augment_stream(ins.server_round),
+            pairs,
+        )
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: BatchOut
+    ) -> torch.Tensor:
+        """The FedoSSL objective of the batch (module docstring)."""
+        return self.objective(model, x, y)
+
+    def finish(self, stats: TrainStats) -> LocalResult:
+        """Local centroids of the memory bank (with calibration) go to the server with
+        the labelled sums; the bank, the sums and the centroids stay in the state."""
+        f, obj, ins, client = self.client.fcfg, self.objective, self.ins, self.client
+        records = {}
+        state = {
+            "memory": obj.memory,
+            "labeled_sum": obj.labeled_sum,
+            "labeled_count": obj.labeled_count,
+        }
+        if f.calibration and obj.memory.shape[0] > 0:
+            kgen = torch_generator(self.cfg.seed, "fedossl-kmeans", ins.server_round, client.pid)
+            cent = local_kmeans(
+                obj.memory, f.local_centroids, f.kmeans_iters, kgen, f.sk_lambda, f.sk_iters_local
+            )
+            state["local_centroids"] = cent
+            records[LOCAL_RECORD] = ClusterPayload(
+                cent.numpy(), obj.labeled_sum.numpy(), obj.labeled_count.numpy()
+            ).to_record()
+        client.state[STATE_KEY] = arrays_from_state(state)
+        lab = self.labeled
+        metrics = {
+            "margin": self.margin,
+            "labeled_fraction": float(lab.float().mean()) if len(lab) else 0.0,
+            **obj.metrics(),
+        }
+        return LocalResult(records, metrics)
+
+
 class FedoSSLClient(Client):
     """Client with the FedoSSL objective, a memory bank and local clustering."""
+
+    Run = FedoSSLRun
 
     def __init__(self, env: ClientEnv, pid: int, state: RecordDict) -> None:
         _install_cosine_head(env)
@@ -298,16 +380,13 @@ class FedoSSLClient(Client):
         self.roles: ClassRoles = class_roles(env.cfg.scenario.open_world, env.fed.data.num_classes)
 
     @staticmethod
-    def local_keys(model: nn.Module) -> set[str]:
-        """BN running statistics stay local; the linear head's bias (absent from the
-        cosine head) is never sent."""
-        keys = bn_running_stat_keys(model)
-        if "head.bias" in model.state_dict():
-            keys.add("head.bias")
-        return keys
+    def local_keys(model: nn.Module, cfg: RunConfig) -> set[str]:
+        """BN running statistics and a linear head's bias (:func:`protocols.fedossl.local_keys`)."""
+        return fedossl_local_keys(model)
 
     # ---------------------------------------------------------------- helpers
-    def _set_trainable(self) -> None:
+    def set_trainable(self) -> None:
+        """``train.trainable``, and only ``layer4`` and the head with ``freeze_backbone``."""
         for name, p in self.model.named_parameters():
             frozen = name in self.env.frozen  # train.trainable
             p.requires_grad_(
@@ -326,7 +405,7 @@ class FedoSSLClient(Client):
         num = self.env.fed.data.num_classes
         return torch.cat(out) if out else torch.zeros(0, num)
 
-    def _uncertainty(self, x_unl: torch.Tensor, rnd: int) -> tuple[float, torch.Tensor]:
+    def uncertainty(self, x_unl: torch.Tensor, rnd: int) -> tuple[float, torch.Tensor]:
         """``u_bar = 1 - mean max softmax`` and prediction counts ``N_c`` on unlabelled data."""
         num = self.env.fed.data.num_classes
         cap = self.fcfg.uncertainty_samples
@@ -341,18 +420,18 @@ class FedoSSLClient(Client):
         conf, pred = probs.max(1)
         return float(1.0 - conf.mean()), torch.bincount(pred, minlength=num).float()
 
-    def _augmenter(self) -> Augmenter:
+    def views_augmenter(self) -> Augmenter:
         """The shared augmenter that makes the two views (refused at load when off)."""
         if self.env.augmenter is None:  # only ops that do nothing on these images
             raise ConfigError(views_needed(self.cfg))
         return self.env.augmenter
 
-    def _augment_stream(self, server_round: int) -> torch.Generator:
+    def augment_stream(self, server_round: int) -> torch.Generator:
         gen = self.augment_generator(server_round)
         assert gen is not None  # there is an augmenter
         return gen
 
-    def _memory(self, dim: int) -> torch.Tensor:
+    def memory(self, dim: int) -> torch.Tensor:
         """The bank a round starts from: empty (``round``) or last round's (``fifo``)."""
         if self.fcfg.memory_scope == "fifo" and STATE_KEY in self.state.array_records:
             saved = state_from_arrays(self.state.array_records[STATE_KEY])
@@ -361,84 +440,6 @@ class FedoSSLClient(Client):
         return torch.zeros(0, dim)
 
     # ---------------------------------------------------------------- messages
-    def fit(self, ins: TrainIns) -> TrainRes:
-        data = self.env.fed.client(self.pid)
-        f = self.fcfg
-        lab = (
-            data.labeled if data.labeled is not None else torch.ones_like(data.y, dtype=torch.bool)
-        )
-        y_train = hide_labels(data.y, lab)
-        model = self.model
-        assert isinstance(model, Backbone)
-        num = self.env.fed.data.num_classes
-        down = CentroidsPayload.from_extra(ins.extra)
-        with self.env.lock:
-            self.load(ins.arrays)
-            self._set_trainable()
-            u_bar, counts = self._uncertainty(data.x[~lab], ins.server_round)
-            margin = min(u_bar, f.margin_cap)
-            opt = self.optimizer(ins.server_round)
-            gen = torch_generator(self.cfg.seed, "train", ins.server_round, self.pid)
-            pairs = torch_generator(self.cfg.seed, "fedossl-pairs", ins.server_round, self.pid)
-            objective = FedoSSLObjective(
-                f,
-                ins.server_round,
-                margin,
-                suppression_weights(counts, f.suppress_beta).to(self.env.device),
-                None
-                if down is None
-                else torch.from_numpy(down.centroids.copy()).to(self.env.device),
-                self._memory(model.feature_dim),
-                num,
-                self.roles.seen,
-                self._augmenter(),
-                self._augment_stream(ins.server_round),
-                pairs,
-            )
-            stats = train_local(
-                model,
-                data.x,
-                y_train,
-                self.cfg.train,
-                opt,
-                gen,
-                self.env.device,
-                self.cfg.precision,
-                TrainHooks(loss=objective),  # no augmenter here: the loss makes both views
-            )
-            extra = {}
-            state = {
-                "memory": objective.memory,
-                "labeled_sum": objective.labeled_sum,
-                "labeled_count": objective.labeled_count,
-            }
-            if f.calibration and objective.memory.shape[0] > 0:
-                kgen = torch_generator(self.cfg.seed, "fedossl-kmeans", ins.server_round, self.pid)
-                cent = local_kmeans(
-                    objective.memory,
-                    f.local_centroids,
-                    f.kmeans_iters,
-                    kgen,
-                    f.sk_lambda,
-                    f.sk_iters_local,
-                )
-                state["local_centroids"] = cent
-                extra[LOCAL_RECORD] = ClusterPayload(
-                    cent.numpy(), objective.labeled_sum.numpy(), objective.labeled_count.numpy()
-                ).to_record()
-            self.state[STATE_KEY] = arrays_from_state(state)
-            self.save_local()
-            self.save_optimizer(opt)
-            out = self.shared_state()
-        metrics = {
-            "loss": stats.loss,
-            "steps": float(stats.steps),
-            "margin": margin,
-            "labeled_fraction": float(lab.float().mean()) if len(lab) else 0.0,
-            **objective.metrics(),
-        }
-        return TrainRes(out, len(data.y), metrics, extra)
-
     def evaluate(self, ins: EvalIns) -> EvalRes:
         x, y = evaluation_set(self.env.fed, self.fcfg.protocol, self.fcfg.eval_samples)
         with self.env.lock:

@@ -13,8 +13,12 @@ server side and the paper-vs-code switches):
 (c) RTNet step (model, G in eval mode): for the prototype- and the real-anchored branch,
     ``-H(softmax(h(a + T(G(z, y), y)))) + lam_RT Dist_RT(a + T(...), a)``, averaged.
 
-Steps (b) and (c) run in the loop's ``after_step`` hook; the batch and its embedding
-reach it from the ``extra_loss`` hook of step (a), so there is one training loop.
+The round is a :class:`fedsim.client.LocalRun` (:class:`FRAugRun`): its setup builds the
+generator, the RTNet, the prototypes and their optimizers; the loop computes each batch's
+embedding and logits itself (``forward="features"``) and hands them to the loss stage,
+step (a); the after-step runs (b) and (c) on that batch; finish keeps the private parts
+and sends the generator.  The amount of local work is the declared
+:func:`protocols.fraug.local_train` (``local_iterations``), not a patched configuration.
 
 Persistent client state (``context.state``), besides ``fedsim.local`` (BN running
 statistics, or all BN tensors with ``strategy.local_bn=all``) and ``fedsim.optim``:
@@ -29,23 +33,30 @@ The generator goes back to the server in the reply's ``fraug.generator`` record.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.backbones import Backbone, bn_running_stat_keys, bn_state_keys
-from fedsim.client import Client, ClientEnv
-from fedsim.payloads import TrainIns, TrainRes
+from fedsim.backbones import Backbone
+from fedsim.client import Client, LocalResult, LocalRun
+from fedsim.config import RunConfig, TrainConfig
+from fedsim.payloads import TrainIns
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator
-from fedsim.training import TrainHooks
-from protocols.fraug import LAMBDA_KEY, RHO_KEY, FRAugConfig, GeneratorPayload
+from fedsim.training import BatchOut, TrainStats
+from protocols.fraug import (
+    LAMBDA_KEY,
+    RHO_KEY,
+    FRAugConfig,
+    GeneratorPayload,
+    fraug_config,
+    local_train,
+)
+from protocols.fraug import local_keys as fraug_local_keys
 
 RTNET_KEY = "fraug.rtnet"
 PROTOTYPES_KEY = "fraug.prototypes"
@@ -324,166 +335,159 @@ class _RoundLog:
     rt: list[float] = field(default_factory=list)
 
 
-class FRAugClient(Client):
-    """FedAvg client plus FRAug's representation augmentation (see module docstring)."""
+class FRAugRun(LocalRun[Client]):
+    """A FRAug client's round (see the module docstring): the loop computes the embedding
+    and the logits of each batch (``forward="features"``), the loss stage is step (a),
+    the after-step steps (b) and (c)."""
 
-    def __init__(self, env: ClientEnv, pid: int, state: RecordDict) -> None:
-        super().__init__(env, pid, state)
-        fraug = self.cfg.strategy
-        assert isinstance(fraug, FRAugConfig)
-        self.fraug = fraug
-        if fraug.local_bn == "all":
-            self.keep = bn_state_keys(self.model)
-        train = self.cfg.train
-        if train.local_steps == 0 and fraug.local_iterations > 0:
-            self.cfg = dataclasses.replace(
-                self.cfg, train=dataclasses.replace(train, local_steps=fraug.local_iterations)
-            )
-        self.aug: Augmenter | None = None
-        self.opts: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
+    forward = "features"
+
+    def __init__(self, client: Client, ins: TrainIns) -> None:
+        self.fraug = fraug_config(client.cfg)
+        super().__init__(client, ins)
         self.log = _RoundLog()
-        self._remove_hook: Callable[[], None] | None = None
+        self.step = 0  # local iterations done this round (the cyclic labels' offset)
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (a) -> (b), (c)
 
-    @staticmethod
-    def local_keys(model: nn.Module) -> set[str]:
-        """BN running statistics (the code's ``no_bn_running_stats`` sharing); the
-        ``local_bn=all`` switch widens this to every BN tensor per instance."""
-        return bn_running_stat_keys(model)
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        """``local_iterations`` steps unless ``train.local_steps`` is set."""
+        return local_train(train, self.fraug)
 
-    # ---------------------------------------------------------------- state
-    def _backbone(self) -> Backbone:
-        assert isinstance(self.model, Backbone)
-        return self.model
-
-    def build(self, ins: TrainIns) -> Augmenter:
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
         """Generator from the server (or the seeded initial one), RTNet, prototypes and
-        optimizer states from this client's state."""
-        device = self.env.device
-        model = self._backbone()
-        c, d = self.env.fed.data.num_classes, model.feature_dim
+        optimizer states from this client's state; this round's schedule and noise."""
+        client, ins = self.client, self.ins
+        self.model = _backbone(client.model)
+        self.aug, self.opts = self._build()
+        self.rho = float(ins.config.get(RHO_KEY, 1.0))
+        self.lam = float(ins.config.get(LAMBDA_KEY, 0.5))
+        self.noise = torch_generator(self.cfg.seed, "fraug.noise", ins.server_round, client.pid)
+        t = self.train
+        n_local = len(client.env.fed.client(client.pid).y)
+        self.per_round = t.local_steps or t.local_epochs * math.ceil(n_local / t.batch_size)
+
+    def _build(self) -> tuple[Augmenter, tuple[torch.optim.SGD, torch.optim.SGD]]:
+        client = self.client
+        device = client.env.device
+        state = client.state.array_records
+        c, d = client.env.fed.data.num_classes, self.model.feature_dim
         g = make_generator(self.fraug, c, d, self.cfg.seed)
-        payload = GeneratorPayload.from_extra(ins.extra)
+        payload = GeneratorPayload.from_extra(self.ins.extra)
         if payload is not None:
             g.load_state_dict(state_from_arrays(payload.arrays), strict=True)
-        t = make_rtnet(self.fraug, c, d, self.cfg.seed, self.pid)
-        if RTNET_KEY in self.state.array_records:
-            t.load_state_dict(state_from_arrays(self.state.array_records[RTNET_KEY]), strict=True)
-        if PROTOTYPES_KEY in self.state.array_records:
-            mu = state_from_arrays(self.state.array_records[PROTOTYPES_KEY])["mu"].clone()
+        t = make_rtnet(self.fraug, c, d, self.cfg.seed, client.pid)
+        if RTNET_KEY in state:
+            t.load_state_dict(state_from_arrays(state[RTNET_KEY]), strict=True)
+        if PROTOTYPES_KEY in state:
+            mu = state_from_arrays(state[PROTOTYPES_KEY])["mu"].clone()
         else:
             mu = torch.zeros(c, d)
         g.to(device)
         t.to(device)
         opt_g = _sgd(g, self.fraug.lr_g, self.fraug.momentum_g)
         opt_t = _sgd(t, self.fraug.lr_rt, self.fraug.momentum_rt)
-        if FRAUG_OPTIM_KEY in self.state.array_records:
-            saved = state_from_arrays(self.state.array_records[FRAUG_OPTIM_KEY])
+        if FRAUG_OPTIM_KEY in state:
+            saved = state_from_arrays(state[FRAUG_OPTIM_KEY])
             _load_optim_state("g", opt_g, saved, device)
             _load_optim_state("rt", opt_t, saved, device)
-        self.opts = (opt_g, opt_t)
-        return Augmenter(self.fraug, g, t, mu.to(device), c)
+        return Augmenter(self.fraug, g, t, mu.to(device), c), (opt_g, opt_t)
 
-    def save_fraug(self, aug: Augmenter) -> None:
-        assert self.opts is not None
-        self.state[RTNET_KEY] = arrays_from_state(aug.t.state_dict())
-        self.state[PROTOTYPES_KEY] = arrays_from_state({"mu": aug.mu})
-        self.state[FRAUG_OPTIM_KEY] = arrays_from_state(
-            {**_optim_state("g", self.opts[0]), **_optim_state("rt", self.opts[1])}
-        )
+    def _z(self, rows: int) -> torch.Tensor:
+        noise = sample_noise(self.fraug.noise, rows, self.aug.g.latent_dim, self.noise)
+        return noise.to(self.client.env.device)
+
+    def _labels(self, rows: int) -> torch.Tensor:
+        n = (self.ins.server_round - 1) * self.per_round + self.step
+        return cyclic_labels(n, rows, self.aug.num_classes, self.client.env.device)
 
     # ---------------------------------------------------------------- training
-    def hooks(self, ins: TrainIns) -> TrainHooks:
-        """Step (a)'s synthetic term as ``extra_loss``; EMA, (b) and (c) in ``after_step``."""
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: BatchOut
+    ) -> torch.Tensor:
+        """Step (a): ``(1 - lam) CE(h(g(x)), y) + lam syn``, after the prototypes' EMA on
+        this batch's embedding (official code order).
+
+        Computed as ``CE + lam (syn - CE)``, ``CE`` being the loop's term (with
+        ``train.label_smoothing``) and the subtracted one plain: the floating-point
+        operations of fedsim's recorded FRAug runs, which a regrouped ``(1 - lam) CE``
+        would round differently."""
+        assert out.features is not None and out.logits is not None and out.ce is not None
         aug = self.aug
-        assert aug is not None and self.opts is not None
-        opt_g, opt_t = self.opts
-        model = self._backbone()
-        head = model.head
-        device = self.env.device
-        rho = float(ins.config.get(RHO_KEY, 1.0))
-        lam = float(ins.config.get(LAMBDA_KEY, 0.5))
-        noise = torch_generator(self.cfg.seed, "fraug.noise", ins.server_round, self.pid)
-        t = self.cfg.train
-        n_local = len(self.env.fed.client(self.pid).y)
-        per_round = t.local_steps or t.local_epochs * math.ceil(n_local / t.batch_size)
-        step = {"i": 0}
-        batch: dict[str, torch.Tensor] = {}
-        captured: dict[str, torch.Tensor] = {}
+        self.batch = (x, y)
+        aug.mu = update_prototypes(aug.mu, out.features, y, self.fraug.ema)
+        if self.lam == 0.0:
+            return out.ce
+        aug.g.eval()
+        aug.t.eval()
+        b = len(y)
+        head = self.model.head
+        syn = aug.classifier_loss(
+            head, out.features, y, (self._z(b), self._z(b)), self._labels(b), self.rho
+        )
+        self.log.syn.append(float(syn.detach()))
+        return out.ce + self.lam * (syn - F.cross_entropy(out.logits, y))
 
-        def z(rows: int) -> torch.Tensor:
-            return sample_noise(self.fraug.noise, rows, aug.g.latent_dim, noise).to(device)
+    def after_step(self, model: nn.Module) -> None:
+        """Steps (b) and (c) on the batch of step (a), the model in eval mode."""
+        assert self.batch is not None
+        aug, (opt_g, opt_t), head = self.aug, self.opts, self.model.head
+        x, y = self.batch
+        b = len(y)
+        model.eval()
+        with torch.no_grad():
+            real = self.model.features(x)
+        y_cyc = self._labels(b)
+        # (b) generator step
+        aug.g.train()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g = aug.generator_loss(head, self._z(b), y_cyc, real)
+        loss_g.backward()
+        opt_g.step()
+        # (c) RTNet step
+        aug.g.eval()
+        aug.t.train()
+        opt_t.zero_grad(set_to_none=True)
+        loss_rt = aug.rtnet_loss(head, (self._z(b), self._z(b)), y_cyc, real, y)
+        loss_rt.backward()
+        opt_t.step()
+        model.zero_grad(set_to_none=True)  # the head's gradients from (b), (c) are not used
+        model.train()
+        self.log.g.append(float(loss_g.detach()))
+        self.log.rt.append(float(loss_rt.detach()))
+        self.step += 1
 
-        def labels(rows: int) -> torch.Tensor:
-            n = (ins.server_round - 1) * per_round + step["i"]
-            return cyclic_labels(n, rows, aug.num_classes, device)
-
-        def capture(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            captured["features"] = args[0]
-
-        hook = head.register_forward_pre_hook(capture)
-        self._remove_hook = hook.remove
-
-        def model_term(
-            m: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
-        ) -> torch.Tensor:
-            feats = captured.pop("features")
-            batch.update(x=x, y=y, features=feats.detach())
-            # the prototypes' EMA moves before the prototype-anchored term, as in the code
-            aug.mu = update_prototypes(aug.mu, feats, y, self.fraug.ema)
-            if lam == 0.0:
-                return torch.zeros((), device=logits.device)
-            aug.g.eval()
-            aug.t.eval()
-            b = len(y)
-            syn = aug.classifier_loss(head, feats, y, (z(b), z(b)), labels(b), rho)
-            self.log.syn.append(float(syn.detach()))
-            # (1 - lam) CE(real) + lam * syn: the loop already adds CE(real) once
-            return lam * (syn - F.cross_entropy(logits, y))
-
-        def after_step(m: nn.Module) -> None:
-            x, y = batch["x"], batch["y"]
-            b = len(y)
-            m.eval()
-            with torch.no_grad():
-                real = model.features(x)
-            y_cyc = labels(b)
-            # (b) generator step
-            aug.g.train()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g = aug.generator_loss(head, z(b), y_cyc, real)
-            loss_g.backward()
-            opt_g.step()
-            # (c) RTNet step
-            aug.g.eval()
-            aug.t.train()
-            opt_t.zero_grad(set_to_none=True)
-            loss_rt = aug.rtnet_loss(head, (z(b), z(b)), y_cyc, real, y)
-            loss_rt.backward()
-            opt_t.step()
-            m.zero_grad(set_to_none=True)  # the head's gradients from (b), (c) are not used
-            m.train()
-            self.log.g.append(float(loss_g.detach()))
-            self.log.rt.append(float(loss_rt.detach()))
-            step["i"] += 1
-
-        return TrainHooks(extra_loss=model_term, after_step=after_step)
-
-    def fit(self, ins: TrainIns) -> TrainRes:
-        self.aug = self.build(ins)
-        self.log = _RoundLog()
-        try:
-            res = super().fit(ins)
-        finally:
-            if self._remove_hook is not None:
-                self._remove_hook()
-                self._remove_hook = None
-        self.save_fraug(self.aug)
-        metrics = dict(res.metrics)
+    # ---------------------------------------------------------------- finish
+    def finish(self, stats: TrainStats) -> LocalResult:
+        """Keep the RTNet, the prototypes and both optimizer states; send the generator."""
+        aug, state = self.aug, self.client.state
+        state[RTNET_KEY] = arrays_from_state(aug.t.state_dict())
+        state[PROTOTYPES_KEY] = arrays_from_state({"mu": aug.mu})
+        state[FRAUG_OPTIM_KEY] = arrays_from_state(
+            {**_optim_state("g", self.opts[0]), **_optim_state("rt", self.opts[1])}
+        )
+        metrics = {}
         for name, vals in (("syn", self.log.syn), ("g", self.log.g), ("rt", self.log.rt)):
             if vals:
                 metrics[f"fraug_loss_{name}"] = sum(vals) / len(vals)
-        extra = GeneratorPayload(arrays_from_state(self.aug.g.state_dict())).to_extra()
-        return TrainRes(res.arrays, res.num_examples, metrics, extra)
+        records = GeneratorPayload(arrays_from_state(aug.g.state_dict())).to_extra()
+        return LocalResult(records, metrics)
 
 
-__all__ = ["Augmenter", "FRAugClient", "Generator", "RTNet"]
+def _backbone(model: nn.Module) -> Backbone:
+    assert isinstance(model, Backbone)
+    return model
+
+
+class FRAugClient(Client):
+    """FedAvg client plus FRAug's representation augmentation (see module docstring)."""
+
+    Run = FRAugRun
+
+    @staticmethod
+    def local_keys(model: nn.Module, cfg: RunConfig) -> set[str]:
+        """BN running statistics, or every BN tensor (:func:`protocols.fraug.local_keys`)."""
+        return fraug_local_keys(model, fraug_config(cfg))
+
+
+__all__ = ["Augmenter", "FRAugClient", "FRAugRun", "Generator", "RTNet"]

@@ -10,9 +10,9 @@ whose rows are, in this order):
 * ``zh`` — naive EG's extrapolated point.
 
 The device decodes the downlink broadcast, updates its copies exactly as the server's
-mirror does, computes its operator (the same mini-batch at ``z_half`` and ``w``), and
-encodes its reply on the uplink: through ``channel.up`` in step rounds, dense float32 in
-sync rounds.
+mirror does (after a round it sat out, it takes the server's mirrors instead), computes
+its operator (the same mini-batch at ``z_half`` and ``w``), and encodes its reply on the
+uplink: through ``channel.up`` in step rounds, dense float32 in sync rounds.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedsim.channels import IdentityChannel, make_channel
+from fedsim.channels import IdentityChannel, links_for
 from fedsim.client import Client
 from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
-from fedsim.problems import VIProblem, client_problem
-from fedsim.records import arrays_from_numpy
-from fedsim.seeding import derive_rng, torch_generator
+from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.seeding import torch_generator
 from protocols.masha import VARIANTS, MashaIns
 from protocols.masha_math import (
     anchor,
-    broadcast_channel,
+    broadcast_link,
     error_feedback,
     half_step,
     masha1_update,
     masha2_update,
 )
+from protocols.masha_task import VIProblem, client_problem
 
 STATE_KEY = "fedsim.masha"
 VECTORS = ("z", "w", "fw", "e", "zh")
@@ -70,11 +70,14 @@ class MashaClient(Client):
     # ---------------------------------------------------------------- downlink
     def _apply(self, msg: MashaIns, variant: str, problem: VIProblem, v: Vectors) -> None:
         layout, prox = problem.layout, problem.prox
+        if msg.resync is not None:  # missed a broadcast: the server's mirrors, as they are
+            v.update({k: a.copy() for k, a in numpy_from_arrays(msg.resync).items()})
+            return
         if msg.fw is not None:
             v["fw"] = layout.join(IdentityChannel().decode(msg.fw, layout.like()))
         if msg.broadcast is None or msg.apply == "none":
             return
-        down = broadcast_channel(make_channel(self.cfg.channel.down))
+        down = broadcast_link(links_for(self.cfg).down)
         c = layout.join(down.decode(msg.broadcast, layout.like()))
         if msg.apply == "g":  # naive EG: extrapolate with the compressed F(z)
             v["zh"] = prox(v["z"] - msg.gamma * c)
@@ -101,23 +104,22 @@ class MashaClient(Client):
             return IdentityChannel().encode(layout.split(fw_m), np.random.default_rng(0)), 1
         if not msg.compute:
             return ArrayRecord(), 0
-        up = make_channel(self.cfg.channel.up)
-        rng = derive_rng(self.cfg.seed, "channel/up", msg.server_round, self.pid)
+        up = links_for(self.cfg).up
         gen = torch_generator(self.cfg.seed, "masha/batch", msg.server_round, self.pid)
         if variant == "naive":
             point = v["z"] if msg.phase == "g" else v["zh"]
             op = problem.pair(self.pid, point, point, gen)[0]
-            return up.encode(layout.split(op), rng), 1
+            return up.encode(layout.split(op), msg.server_round, self.pid), 1
         zbar = anchor(v["z"], v["w"], msg.tau)
         z_half = half_step(zbar, v["fw"], msg.gamma, problem.prox)
         f_half, f_w = problem.pair(self.pid, z_half, v["w"], gen)
         delta = f_half - f_w
         if variant == "masha1":
-            return up.encode(layout.split(delta), rng), 1
+            return up.encode(layout.split(delta), msg.server_round, self.pid), 1
         sent: list[ArrayRecord] = []
 
         def compress(u: np.ndarray) -> np.ndarray:
-            payload = up.encode(layout.split(u), rng)
+            payload = up.encode(layout.split(u), msg.server_round, self.pid)
             sent.append(payload)
             return layout.join(up.decode(payload, layout.like()))
 

@@ -80,6 +80,7 @@ def run(
         ``overwrite=True``): the message the CLI would print.
     """
     from fedsim.conf import compose, sweep_values
+    from fedsim.context import context_for
     from fedsim.runner import execute
 
     extra = dict(keys)
@@ -96,6 +97,7 @@ def run(
             "(loop over the values in Python, or use `fedsim run -m`)"
         )
     cfg = compose(args)
+    context_for(cfg).validated = True  # compose validated it: the run does not again
     record = execute(cfg)
     final = {k: float(v) for k, v in record.get("final", {}).items()}
     return RunResult(final, Path(record["run_dir"]), record.get("config", {}))

@@ -15,7 +15,6 @@ cannot pass one through ``run_config`` (Flower's Python simulation entry point).
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.conf import compose, from_json, to_json
 from fedsim.config import RunConfig
+from fedsim.context import RunContext, context_for_json, context_for_overrides
 from fedsim.grid import for_grid
 from fedsim.payloads import EvalIns, Identity, TrainIns
 
@@ -36,24 +35,18 @@ OVERRIDES_KEY = "overrides"
 RUN_DIR_KEY = "run-dir"
 PARTITION_KEY = "partition-id"
 
-_PARSED: dict[str, tuple[RunConfig, str]] = {}
+
+def context_of(run_config: Mapping[str, Any]) -> RunContext:
+    """This process's run context for a Flower run config (:mod:`fedsim.context`)."""
+    if CONFIG_KEY in run_config:
+        return context_for_json(str(run_config[CONFIG_KEY]))
+    return context_for_overrides(str(run_config.get(OVERRIDES_KEY, "")))
 
 
 def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, str]:
-    """The typed config and its JSON (the cache key) from a Flower run config."""
-    if CONFIG_KEY in run_config:
-        text = str(run_config[CONFIG_KEY])
-    else:
-        text = "overrides:" + str(run_config.get(OVERRIDES_KEY, ""))
-    hit = _PARSED.get(text)
-    if hit is None:
-        if text.startswith("overrides:"):
-            cfg = compose(shlex.split(text.removeprefix("overrides:")))
-            hit = (cfg, to_json(cfg))
-        else:
-            hit = (from_json(text), text)
-        _PARSED[text] = hit
-    return hit
+    """The typed config and its JSON from a Flower run config."""
+    ctx = context_of(run_config)
+    return ctx.cfg, ctx.key
 
 
 def _merged(context: Context, bound: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -70,8 +63,8 @@ def _client(msg_context: Context, bound: Mapping[str, Any] | None) -> Any:
     from fedsim.client import client_env
     from fedsim.registry import get
 
-    cfg, key = config_from_run_config(_merged(msg_context, bound))
-    env = client_env(cfg, key)
+    ctx = context_of(_merged(msg_context, bound))
+    cfg, env = ctx.cfg, client_env(ctx)
     pid = int(msg_context.node_config[PARTITION_KEY])
     return get(cfg.strategy.name).client_class()(env, pid, msg_context.state)
 
@@ -92,7 +85,7 @@ def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
     def buffers_of(context: Context) -> frozenset[str]:
         from fedsim.client import client_env
 
-        return client_env(*config_from_run_config(_merged(context, bound))).buffer_keys
+        return client_env(context_of(_merged(context, bound))).buffer_keys
 
     app = ClientApp(mods=[*client_mods(config_of, buffers_of), dp_mod(config_of)])
 

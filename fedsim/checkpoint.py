@@ -31,6 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsim.atomic import write_atomic
+from fedsim.config import upgrade_plain
 from fedsim.errors import CheckpointError
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 
@@ -63,7 +64,7 @@ class Checkpoint:
 
 def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that must match for a resume to be the same experiment."""
-    return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
+    return {k: v for k, v in upgrade_plain(config).items() if k not in RESUMABLE_KEYS}
 
 
 def _encode_state(pid: int, state: RecordDict, arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -144,15 +144,13 @@ class FaultConfig:
 
 @dataclass
 class ProblemConfig:
-    """What the clients jointly solve.
+    """The parameters of ``scenario.task=bilinear``.
 
-    ``classification`` (default): the scenario's dataset and the backbone.  ``bilinear``:
-    the distributed bilinear saddle point of MASHA (arXiv 2110.03313, spec section 7),
+    The distributed bilinear saddle point of MASHA (arXiv 2110.03313, spec section 7),
     ``f_m(x, y) = x^T A_m y + a_m^T x + b_m^T y + (lam/2)||x||^2 - (lam/2)||y||^2`` with
     ``x, y`` in R^dim, generated from the seed; no dataset and no backbone are built.
     """
 
-    kind: str = "classification"  # classification | bilinear
     dim: int = 100  # bilinear: dimension of x and of y (z = (x, y) has 2 * dim entries)
     lam: float = 1.0  # bilinear: strong monotonicity mu = lam
     scale: float = 1.0  # bilinear: A_m entries i.i.d. N(0, scale^2) (spec default)
@@ -173,6 +171,8 @@ class ScenarioConfig:
     num_clients: int = 10
     rounds: int = 0  # > 0: the default of the run's ``rounds`` (``rounds=`` still wins)
     augment: str = ""  # the default of ``train.augment.recipe`` for this data ("" = none)
+    # what the federation learns: a registered task (fedsim.task; classification, bilinear)
+    task: str = "classification"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
@@ -287,9 +287,12 @@ class RuntimeConfig:
 
 @dataclass
 class ChannelSideConfig:
-    """Compression of one direction of the link."""
+    """Compression of one direction of the link: a compressor registered under the
+    entry-point group ``fedsim.channels`` (``fedsim.channels.channel_classes``: identity,
+    randk, topk, qsgd, sparse and any installed plug-in), built from this section by its
+    ``from_config`` and checked by its ``check``."""
 
-    name: str = "identity"  # identity | randk | topk | qsgd | sparse (see fedsim.channels)
+    name: str = "identity"
     ratio: float = 0.1  # randk/topk: fraction of coordinates kept
     levels: int = 16  # qsgd: quantisation levels
 
@@ -356,3 +359,18 @@ class RunConfig:
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = True
+
+
+def upgrade_plain(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain configuration (``run.json``, a checkpoint) in today's keys.
+
+    Written before ``scenario.task`` existed, ``scenario.problem`` named the task under the
+    key ``kind``; such a record reads as the same experiment (a resume is accepted, a
+    sweep's complete run is recognised).  Current records are returned unchanged.
+    """
+    scenario = plain.get("scenario")
+    problem = scenario.get("problem") if isinstance(scenario, dict) else None
+    if not isinstance(scenario, dict) or not isinstance(problem, dict) or "kind" not in problem:
+        return plain
+    rest = {k: v for k, v in problem.items() if k != "kind"}
+    return {**plain, "scenario": {**scenario, "problem": rest, "task": problem["kind"]}}

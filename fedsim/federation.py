@@ -1,6 +1,7 @@
 """The materialised federation: one in-memory copy of the data plus index arrays.
 
-``load_federation(scenario, seed)`` loads the dataset once per process and partitions it;
+``build_federation(scenario, seed)`` loads the dataset and partitions it (a run does it once,
+through its run context);
 a client's data is a gather of its indices from the shared tensors (10,000 clients never
 copy the dataset).  Synthetic feature shifts are applied to a client's samples when its
 data is first gathered, and cached for a bounded number of clients.
@@ -8,15 +9,12 @@ data is first gathered, and cached for a bounded number of clients.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config import ScenarioConfig
 from fedsim.data import FederatedDataset, build_dataset
@@ -138,30 +136,10 @@ class Federation:
         return (shifted - mean) / std
 
 
-def _key(scenario: Any, seed: int) -> str:
-    if isinstance(scenario, DictConfig):
-        plain = OmegaConf.to_container(scenario, resolve=True)
-    elif is_dataclass(scenario):
-        plain = asdict(scenario)  # type: ignore[arg-type]
-    else:
-        plain = scenario
-    return json.dumps({"scenario": plain, "seed": seed}, sort_keys=True, default=str)
-
-
-_FEDERATIONS: dict[str, Federation] = {}
-_FED_LOCK = threading.Lock()
-
-
 def load_federation(scenario: ScenarioConfig, seed: int) -> Federation:
-    """Build (or fetch from this process's cache) the federation of a scenario and seed."""
-    key = _key(scenario, seed)
-    with _FED_LOCK:
-        if key in _FEDERATIONS:
-            return _FEDERATIONS[key]
-        fed = build_federation(scenario, seed)
-        _FEDERATIONS.clear()  # one federation per process is the common case; keep memory flat
-        _FEDERATIONS[key] = fed
-        return fed
+    """The federation of a scenario and seed (built each call: a run's is built once, by
+    its run context, :mod:`fedsim.context`)."""
+    return build_federation(scenario, seed)
 
 
 def build_federation(scenario: ScenarioConfig, seed: int) -> Federation:

@@ -1,9 +1,11 @@
 """What the one training loop is extended with, and what it returns.
 
-:class:`TrainHooks` are an algorithm's additions to the local objective (an extra loss
-term, a replaced loss, work after each step); :class:`TrainStats` what a local run
-reports.  Both the sequential loop (:mod:`fedsim.training`) and the batched one
-(:mod:`fedsim.vmap_train`) use them.
+:class:`TrainHooks` are what a client's round (:class:`fedsim.client.LocalRun`) hands the
+loop: the loss stage that gives the objective of a batch, the work after each optimiser
+step, what the loop computes before the loss stage (:data:`FORWARDS`) and the declarative
+proximal term; :class:`TrainStats` what a local run reports.  Both the sequential loop
+(:mod:`fedsim.training`) and the batched one (:mod:`fedsim.vmap_train`) use them; the
+batched one only when there is no loss stage and no after-step (nothing but data).
 """
 
 from __future__ import annotations
@@ -15,23 +17,43 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: (model, x, y) -> scalar that replaces ``CE(model(x), y)`` (semi-supervised objectives
-#: whose ``y`` marks hidden labels, e.g. FedoSSL); ``extra_loss`` is then not called.
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: What the loop computes on a batch before the loss stage: ``logits`` (``model(x)``),
+#: ``features`` (``model.features(x)``, then ``model.head`` of them: the same numbers as
+#: ``model(x)`` for a :class:`fedsim.backbones.Backbone`, with the embedding kept), or
+#: ``none`` (the loss stage runs the model itself, e.g. on two views of the batch).
+FORWARDS = ("logits", "features", "none")
+
+
+@dataclass(frozen=True)
+class BatchOut:
+    """What the loop computed on a batch before the loss stage (``None``: not asked)."""
+
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the embedding, with ``forward="features"``
+    ce: torch.Tensor | None = None  # CE(logits, y), ``train.label_smoothing`` applied
+
+
+#: (model, x, y, out) -> the scalar objective of the batch (``out.ce`` when there is none)
+LossStage = Callable[[nn.Module, torch.Tensor, torch.Tensor, BatchOut], torch.Tensor]
 
 
 @dataclass
 class TrainHooks:
-    """Optional additions to the local objective and loop."""
+    """A round's stages as the loop runs them (all optional: plain cross-entropy)."""
 
-    extra_loss: ExtraLoss | None = None  # (model, x, y, logits) -> scalar added to the CE loss
-    after_step: Callable[[nn.Module], None] | None = None
-    loss: BatchLoss | None = None  # replaces the cross-entropy objective when set
+    loss: LossStage | None = None  # the objective of a batch; None: the loop's ``out.ce``
+    after_step: Callable[[nn.Module], None] | None = None  # after every optimiser step
+    forward: str = "logits"  # what the loop computes before ``loss`` (FORWARDS)
     # declarative proximal term (FedProx): + (prox_mu / 2) * sum ||w - w_ref||^2 over the
     # trainable parameters, ``prox_ref`` in ``model.parameters()`` order (requires_grad only)
     prox_mu: float = 0.0
     prox_ref: list[torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward not in FORWARDS:
+            raise ValueError(f"TrainHooks.forward: {self.forward!r} is not one of {FORWARDS}")
+        if self.forward == "none" and self.loss is None:
+            raise ValueError("TrainHooks.forward='none' needs a loss stage (it runs the model)")
 
 
 def proximal_term(model: nn.Module, ref: list[torch.Tensor], mu: float) -> torch.Tensor:

@@ -87,10 +87,11 @@ def validate(pc: PretrainConfig, cfg: RunConfig) -> None:
     )
     need(pc.proj_dim >= 1, f"pretrain --proj-dim: must be >= 1, got {pc.proj_dim}")
     need(pc.max_images >= 0, f"pretrain --max-images: must be >= 0, got {pc.max_images}")
+    from fedsim.task import task_of
+
     need(
-        cfg.scenario.problem.kind == "classification",
-        f"pretrain: scenario '{cfg.scenario.name}' has no images "
-        f"(problem.kind={cfg.scenario.problem.kind})",
+        task_of(cfg).trains_network,
+        f"pretrain: scenario '{cfg.scenario.name}' has no images (task={cfg.scenario.task})",
     )
     out = Path(pc.out)
     need(pc.out != "" and not out.is_dir(), f"pretrain --out: '{pc.out}' must be a file path")
@@ -221,8 +222,8 @@ def _progress(total: int, done: int) -> Any:
 
 
 def _refuse_scenarios_without_images(overrides: list[str]) -> None:
-    """A scenario that poses a synthetic problem (``problem.kind``) has no images: say so
-    before composing, whose own check would speak of the strategy instead."""
+    """A scenario whose task trains no network (``task``) has no images: say so before
+    composing, whose own check would speak of the strategy instead."""
     from fedsim.conf import scenario_files
     from fedsim.scenario_files import load_scenario_file
 
@@ -232,10 +233,13 @@ def _refuse_scenarios_without_images(overrides: list[str]) -> None:
     path = scenario_files().get(name) or Path(name)
     if not path.is_file():
         return  # compose names the missing scenario
-    kind = str(load_scenario_file(path).get("problem", {}).get("kind", "classification"))
-    if kind != "classification":
+    from fedsim.task import tasks
+
+    kind = str(load_scenario_file(path).get("task", "classification"))
+    task = tasks().get(kind)
+    if task is not None and not task.trains_network:  # compose names an unknown task
         raise ConfigError(
-            f"scenario: '{name}' has no images to pretrain on (problem.kind={kind}); "
+            f"scenario: '{name}' has no images to pretrain on (task={kind}); "
             "pretraining needs an image scenario (e.g. scenario=mnist_open_world)"
         )
 

@@ -10,13 +10,15 @@ the same way, without editing fedsim::
     mine = "my_package.algo:SPEC"
 
 The core never imports ``strategies`` or ``clients``: it only loads what the entry points
-name.
+name.  Compressors are found the same way, under :data:`CHANNEL_GROUP`
+(:func:`fedsim.channels.channel_classes`); :func:`plugins` loads either group.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -28,6 +30,7 @@ from fedsim.errors import ConfigError
 log = logging.getLogger(__name__)
 
 GROUP = "fedsim.strategies"
+CHANNEL_GROUP = "fedsim.channels"  # compressors: fedsim.channels.Channel subclasses
 DEFAULT_CLIENT = "fedsim.client:Client"
 
 
@@ -64,21 +67,31 @@ def load_object(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def plugins(group: str, accept: Callable[[Any], bool], what: str) -> dict[str, Any]:
+    """The objects the entry points of ``group`` name, by entry-point name, sorted.
+
+    An entry point that fails to import, or whose object ``accept`` refuses, is left out
+    with a warning naming it and ``what`` it should have been: a broken plug-in must not
+    break the others.
+    """
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=group):
+        try:
+            obj = ep.load()
+        except Exception as e:
+            log.warning("plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
+            continue
+        if not accept(obj):
+            log.warning("plug-in %s (%s) is not %s", ep.name, ep.value, what)
+            continue
+        found[ep.name] = obj
+    return dict(sorted(found.items()))
+
+
 @lru_cache(maxsize=1)
 def algorithms() -> dict[str, AlgorithmSpec]:
     """Every registered algorithm by name (entry points of :data:`GROUP`), sorted."""
-    found: dict[str, AlgorithmSpec] = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            spec = ep.load()
-        except Exception as e:  # a broken plug-in must not break the others
-            log.warning("strategy plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
-            continue
-        if not isinstance(spec, AlgorithmSpec):
-            log.warning("strategy plug-in %s (%s) is not an AlgorithmSpec", ep.name, ep.value)
-            continue
-        found[ep.name] = spec
-    return dict(sorted(found.items()))
+    return plugins(GROUP, lambda obj: isinstance(obj, AlgorithmSpec), "an AlgorithmSpec")
 
 
 def get(name: str) -> AlgorithmSpec:

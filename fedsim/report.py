@@ -2,9 +2,10 @@
 
 The table is what ``fedsim`` prints or logs before training; the heatmap goes to the run
 directory as a PNG and, through :func:`partition_heatmap_array`, to TensorBoard's
-``add_image`` (``dataformats="HWC"``).  Figures are built on matplotlib's Agg canvas
-directly (no ``pyplot``, no global state), so they work without a display and from worker
-threads.
+``add_image`` (``dataformats="HWC"``).  The heatmap is drawn with numpy
+(:mod:`fedsim.raster`): a run draws it before its first round, where matplotlib's import
+and first draw cost about a second (``bench/results/startup.md``); it needs no display
+and gives the same pixels on every machine.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
+from fedsim import raster
 from fedsim.partition import label_skew
 
 #: Most client rows printed in full; beyond this the table shows the first and last half.
@@ -145,18 +145,20 @@ def _shown_clients(num_clients: int, max_columns: int) -> npt.NDArray[np.int64]:
     return np.unique(np.linspace(0, num_clients - 1, max_columns).round().astype(np.int64))
 
 
-def partition_figure(
+def partition_heatmap_array(
     partitions: Sequence[np.ndarray],
     labels: np.ndarray,
     domains: np.ndarray | None,
     domain_names: Sequence[str] | None,
     num_classes: int,
     max_columns: int = MAX_COLUMNS,
-) -> Figure:
-    """Two heatmaps: label x client counts (top) and domain x client counts (bottom).
+) -> npt.NDArray[np.uint8]:
+    """Two heatmaps as an ``H x W x 3`` ``uint8`` RGB array: label x client sample counts
+    (top) and domain x client sample counts (bottom), each with its colour bar.
 
     With more than ``max_columns`` clients an evenly spaced subset of clients is drawn and
-    the title says so.  The figure has an Agg canvas attached and needs no display.
+    the title says so.  Ready for ``SummaryWriter.add_image(tag, array,
+    dataformats="HWC")``.
     """
     labels = np.asarray(labels)
     num_clients = len(partitions)
@@ -172,49 +174,21 @@ def partition_figure(
         by_label[:, j] = np.bincount(labels[idx], minlength=num_classes)
         by_domain[:, j] = np.bincount(dom[idx], minlength=num_domains)
 
-    width = min(16.0, 4.0 + 0.12 * shown.size)
-    height = 2.0 + 0.22 * (num_classes + num_domains)
-    fig = Figure(figsize=(width, min(height, 14.0)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 1, height_ratios=[max(num_classes, 1), max(num_domains, 1)])
     if shown.size < num_clients:
-        fig.suptitle(f"partition: showing {shown.size} of {num_clients} clients (evenly spaced)")
+        title = f"partition: showing {shown.size} of {num_clients} clients (evenly spaced)"
     else:
-        fig.suptitle(f"partition: {num_clients} clients")
-    panels = [
-        (axes[0], by_label, "label", [str(c) for c in range(num_classes)]),
-        (axes[1], by_domain, "domain", names),
-    ]
-    for ax, counts, what, ticks in panels:
-        image = ax.imshow(counts, aspect="auto", interpolation="nearest", cmap="viridis")
-        fig.colorbar(image, ax=ax, label="samples")
-        ax.set_ylabel(what)
-        ax.set_title(f"{what} x client sample counts", fontsize="medium")
-        if len(ticks) <= 40:
-            ax.set_yticks(range(len(ticks)), ticks)
-        step = max(1, shown.size // 20)
-        ax.set_xticks(range(0, shown.size, step), [str(k) for k in shown[::step]])
-    axes[1].set_xlabel("client")
-    return fig
-
-
-def partition_heatmap_array(
-    partitions: Sequence[np.ndarray],
-    labels: np.ndarray,
-    domains: np.ndarray | None,
-    domain_names: Sequence[str] | None,
-    num_classes: int,
-    max_columns: int = MAX_COLUMNS,
-) -> npt.NDArray[np.uint8]:
-    """The :func:`partition_figure` rendered as an ``H x W x 3`` ``uint8`` RGB array.
-
-    Ready for ``SummaryWriter.add_image(tag, array, dataformats="HWC")``.
-    """
-    fig = partition_figure(partitions, labels, domains, domain_names, num_classes, max_columns)
-    canvas = fig.canvas
-    assert isinstance(canvas, FigureCanvasAgg)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        title = f"partition: {num_clients} clients"
+    clients = [str(k) for k in shown]
+    classes = [str(c) for c in range(num_classes)]
+    left = max(raster.text_width(n) for n in [*classes, *names]) + 6  # columns line up
+    return raster.stack(
+        [
+            raster.label(title),
+            raster.heat_panel(by_label, classes, clients, "label x client counts", left=left),
+            raster.heat_panel(by_domain, names, clients, "domain x client counts", left=left),
+            raster.label("client"),
+        ]
+    )
 
 
 def partition_heatmap(
@@ -226,7 +200,7 @@ def partition_heatmap(
     path: str | Path,
     max_columns: int = MAX_COLUMNS,
 ) -> Path:
-    """Write the :func:`partition_figure` as an RGB PNG to ``path`` and return the path.
+    """Write the :func:`partition_heatmap_array` as an RGB PNG to ``path``; returns it.
 
     Parent directories are created.  The PNG holds exactly the pixels of
     :func:`partition_heatmap_array`.

@@ -19,12 +19,12 @@ from typing import Any
 from fedsim import checkpoint as ckpt_io
 from fedsim.app import CONFIG_KEY, RUN_DIR_KEY, make_client_app, make_server_app
 from fedsim.checkpoint import CHECKPOINT_FILE
-from fedsim.conf import to_json, to_plain, validate
+from fedsim.conf import to_json, to_plain
 from fedsim.config import RunConfig
+from fedsim.context import context_for
 from fedsim.errors import ConfigError, RunFailed, UserError
-from fedsim.federation import load_federation
 from fedsim.logs import attach_log_file, detach_log_file
-from fedsim.modelzoo import initial_model, resolve_device
+from fedsim.modelzoo import resolve_device
 from fedsim.paths import run_dir_for
 from fedsim.runlock import acquire, begin_staging, clean_leftovers, end_staging
 from fedsim.runstate import Target, check_target, describe_os_error, record_fault
@@ -41,18 +41,12 @@ def preflight(cfg: RunConfig) -> Path:
     initial arrays), checks the output directory can be made, a resume's checkpoint, and
     what the directory holds (:func:`fedsim.runstate.check_target`).
     """
-    validate(cfg)
+    ctx = context_for(cfg)
+    ctx.check()  # validated once per process and run
     resolve_device(cfg.device)
     _check_machine(cfg)
-    fed, model = None, None
-    if cfg.scenario.problem.kind == "classification":  # synthetic problems have no data
-        try:
-            fed = load_federation(cfg.scenario, cfg.seed)
-        except UserError as e:  # say which scenario file the bad value came from
-            where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
-            raise type(e)(f"{where}: scenario.{e}") from None
-        model = initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
-    _check_strategy(cfg, model, list(fed.data.domains) if fed is not None else [])
+    work = ctx.workload()  # the task's data and model (none for a synthetic problem)
+    _check_strategy(cfg, work.model, work.domains)
     run_dir = run_dir_for(cfg)
     _check_creatable(run_dir)
     if cfg.resume:  # refuse a bad resume before anything in the run directory changes

@@ -20,17 +20,21 @@ import numpy as np
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
 
 from fedsim import checkpoint as ckpt_io
-from fedsim.channels import BytesAxisCallback, wire_nbytes
+from fedsim.bytes_axis import BytesAxisCallback
+from fedsim.channels import wire_nbytes
+from fedsim.client import kept_keys
 from fedsim.conf import to_plain
 from fedsim.config import RunConfig
+from fedsim.context import context_for
 from fedsim.dp import wrap_dp
 from fedsim.errors import Interrupted, RunFailed
 from fedsim.faults import byzantine_clients
-from fedsim.federation import Federation, load_federation
+from fedsim.federation import Federation
 from fedsim.figures import confusion_image, evaluate_with_confusion
-from fedsim.modelzoo import initial_model, resolve_device
+from fedsim.modelzoo import resolve_device
 from fedsim.participation import ParticipationSampler
 from fedsim.paths import run_dir_for
 from fedsim.payloads import Identity
@@ -44,6 +48,7 @@ from fedsim.registry import get
 from fedsim.schedules import lr_at
 from fedsim.selection import Selection, read_metric_rows
 from fedsim.strategy import ServerContext
+from fedsim.task import task_of
 from fedsim.tb_layout import HPARAM_EXTRA, HPARAM_METRICS, custom_scalars_layout, tag_hparams
 from fedsim.tracking import (
     Callback,
@@ -158,7 +163,7 @@ def default_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
         StatusCallback(run_dir),
         JsonlCallback(run_dir),
         TensorBoardCallback(run_dir),
-        BytesAxisCallback(run_dir),
+        BytesAxisCallback(run_dir, task_of(cfg).summary_metrics),
         ProgressCallback(cfg.rounds, cfg.progress),
     ]
 
@@ -184,11 +189,9 @@ def partition_report(fed: Federation, run_dir: Path) -> tuple[str, Any]:
 class ServerEval:
     """Centralised evaluation of the global model on the global test set."""
 
-    def __init__(self, cfg: RunConfig, fed: Federation) -> None:
+    def __init__(self, cfg: RunConfig, fed: Federation, model: nn.Module) -> None:
         self.device = resolve_device(cfg.device)
-        self.model = initial_model(
-            cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed
-        ).to(self.device)
+        self.model = model.to(self.device)
         self.x, self.y = fed.data.test_x, fed.data.test_y
         self.num_classes = fed.data.num_classes
         self.precision = cfg.precision
@@ -241,43 +244,38 @@ def build_strategy(
     wrapper when ``dp.kind`` asks for one)."""
     spec = get(cfg.strategy.name)
     local_keys = (
-        frozenset(spec.client_class().local_keys(model)) if model is not None else frozenset()
+        frozenset(kept_keys(spec.client_class(), model, cfg)) if model is not None else frozenset()
     )
     sampler = ParticipationSampler(cfg.scenario.participation, cfg.scenario.num_clients, cfg.seed)
-    ctx = ServerContext(cfg, node_of, local_keys, domains, sampler)
+    ctx = ServerContext(cfg, node_of, local_keys, domains)
     inner = wrap_dp(spec.server_class()(ctx), cfg)
     byzantine = byzantine_clients(cfg.scenario.faults, cfg.scenario.num_clients, cfg.seed)
     return FedsimStrategy(
         inner,
         ctx,
         sampler,
-        native_channels=spec.native_channels,
-        exact_records=spec.exact_records,
         byzantine=byzantine,
     )
 
 
 def setup(grid: Grid, cfg: RunConfig, run_dir: Path) -> Experiment:
     """Data, model, node map, wrapped strategy, central evaluation and run metadata."""
-    # a synthetic problem (scenario.problem.kind, fedsim.problems) has no data and no
-    # backbone: the strategy provides the initial arrays and the metrics
-    synthetic = cfg.scenario.problem.kind != "classification"
-    fed = None if synthetic else load_federation(cfg.scenario, cfg.seed)
-    model = (
-        None
-        if fed is None
-        else initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
-    )
+    # the task's data and model; a task without them (a synthetic problem) leaves the
+    # initial arrays and the metrics to its strategy
+    ctx = context_for(cfg)
+    work = ctx.workload()
+    fed, model = work.fed, work.model  # the pristine round-0 model: never trained here
     node_of = discover_nodes(
         grid,
         cfg.scenario.num_clients,
         min(cfg.runtime.timeout, cfg.runtime.wait_nodes),
         cfg.scenario.participation.min_clients,
     )
-    strategy = build_strategy(cfg, node_of, model, list(fed.data.domains) if fed else [])
+    strategy = build_strategy(cfg, node_of, model, work.domains)
     server_eval = (
-        ServerEval(cfg, fed)
+        ServerEval(cfg, fed, ctx.fresh_model())
         if fed is not None
+        and model is not None
         and strategy.has_global_model
         and cfg.scenario.evaluation.global_test
         and len(fed.data.test_y)
@@ -450,7 +448,7 @@ def run_experiment(
             for k, v in last.items()
             if k in HPARAM_METRICS
             or k.startswith(("comm/bytes_", "eval/"))
-            or k == "masha/rel_dist"
+            or k in task_of(cfg).summary_metrics
         }
         summary["rounds"] = float(cfg.rounds)
         summary["wall_s"] = time.perf_counter() - t_run

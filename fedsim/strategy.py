@@ -1,21 +1,27 @@
 """What a fedsim strategy is: the server half of an algorithm, as Flower sees it.
 
+:class:`Algorithm` is the contract between an algorithm's server half and fedsim, beside
+Flower's four hooks: its declared capabilities and the few calls fedsim makes (initial
+arrays, what goes on the wire, per-round metrics, checkpoint state).
 :class:`Strategy` is FedAvg (McMahan et al., 2017, arXiv 1602.05629) on Flower's four hooks
 (``configure_train``, ``aggregate_train``, ``configure_evaluate``,
-``aggregate_evaluate``), with fedsim's typed payloads and a few narrower hooks to
-override instead (:meth:`Strategy.train_config`, :meth:`Strategy.aggregate_arrays`,
-:meth:`Strategy.round_metrics`, :meth:`Strategy.state_dict`).  It knows nothing of
+``aggregate_evaluate``) and that contract, with fedsim's typed payloads and a few narrower
+hooks to override instead (:meth:`Strategy.train_config`, :meth:`Strategy.aggregate_arrays`,
+:meth:`Algorithm.round_metrics`, :meth:`Algorithm.state_dict`).  It knows nothing of
 participation, channels, local keys, faults or reply filtering: those wrap *every*
 strategy — this one or any ``flwr.serverapp.strategy.Strategy`` — in
 :class:`fedsim.wrap.server.FedsimStrategy`, so no algorithm can forget them.  The
 wrapper hands each hook a grid whose ``get_node_ids()`` are exactly the clients that take
-part in the round, and sorted, filtered, decoded replies.
+part in the round, sorted, filtered, decoded replies, and the round's global arrays in
+:attr:`ServerContext.global_arrays` (the one copy both read).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -24,7 +30,6 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedsim.aggregate import weighted_average
 from fedsim.config import RunConfig
-from fedsim.participation import ParticipationSampler
 from fedsim.payloads import EvalIns, Scalar, TrainIns, TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 
@@ -37,9 +42,11 @@ class ServerContext:
     node_of: dict[int, int] = field(default_factory=dict)  # partition id -> node id
     local_keys: frozenset[str] = frozenset()  # model keys that never leave the clients
     domain_names: list[str] = field(default_factory=list)
-    #: who takes part in which round; the wrapper applies it, an algorithm that must
-    #: message every device anyway (MASHA's sync rounds) may read it
-    sampler: ParticipationSampler | None = None
+    # who takes part is the wrapper's business (fedsim.participation): every algorithm
+    # sees its outcome only, as the node ids of the grid its hooks receive
+    #: the global arrays of the round in progress, every key (local ones included): set by
+    #: the wrapper when it configures the round, read by the wrapper and the algorithm
+    global_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def partition_of(self) -> dict[int, int]:
@@ -58,29 +65,57 @@ def flower_defaults() -> dict[str, float | int]:
     }
 
 
-class Strategy(FlowerFedAvg):
-    """Sample-size weighted FedAvg; subclasses override the narrow hooks below."""
+class Algorithm(ABC):
+    """The server half's contract with fedsim, beside Flower's four hooks.
 
-    #: False when the aggregated arrays are not a complete model (e.g. FedBN keeps its
-    #: BN layers on the clients), so the server cannot evaluate it centrally.
-    has_global_model = True
+    :class:`fedsim.wrap.server.FedsimStrategy` calls exactly these on every algorithm; a
+    Flower strategy that is not an ``Algorithm`` runs with
+    :class:`fedsim.wrap.server.FlowerAlgorithm`'s defaults.  Nothing is looked up by name.
+    """
 
-    def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(**flower_defaults())  # type: ignore[arg-type]
-        self.ctx = ctx
-        self._global: dict[str, np.ndarray] = {}
+    #: capability: the aggregated arrays are a complete model that the server can evaluate
+    #: centrally (False for FedBN, whose BN layers stay on the clients, or MASHA)
+    has_global_model: ClassVar[bool] = True
 
-    # ------------------------------------------------------------------ narrow hooks
     def initial_arrays(self) -> ArrayRecord | None:
-        """The round-0 arrays when the strategy, not the backbone, defines them (problems
-        without a model, e.g. ``fedsim.problems``); None = the backbone's initial weights."""
+        """The round-0 arrays when the strategy, not the backbone, defines them (a task
+        without a network, e.g. ``bilinear``); None = the backbone's initial weights."""
         return None
 
-    def check_initial(self, arrays: ArrayRecord) -> None:
+    def check_initial(self, arrays: ArrayRecord) -> None:  # noqa: B027 (optional: none by default)
         """Checks that need the initial arrays (a file to load into them, ...): called at
         preflight, before the run directory is touched, so that a bad value never fails a
         run that already replaced another.  Raise ConfigError naming the key."""
 
+    @abstractmethod
+    def shared(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The part of the global arrays that goes on the wire."""
+
+    def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        """Strategy-specific scalars logged after each round (slash-namespaced names)."""
+        return {}
+
+    def round_stats(self) -> dict[str, float]:
+        """The algorithm's own counters of the round just aggregated (``masha/...``),
+        logged beside the wrapper's ``sys/`` ones."""
+        return {}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Server-side state a checkpoint must keep; NumPy arrays only ({} = stateless)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 (stateless default)
+        """Restore what :meth:`state_dict` returned."""
+
+
+class Strategy(FlowerFedAvg, Algorithm):
+    """Sample-size weighted FedAvg; subclasses override the narrow hooks below."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(**flower_defaults())  # type: ignore[arg-type]
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ narrow hooks
     def shared(self, arrays: ArrayRecord) -> ArrayRecord:
         """The part of the global arrays that goes on the wire (all but local keys)."""
         if not self.ctx.local_keys:
@@ -92,26 +127,15 @@ class Strategy(FlowerFedAvg):
         return {}
 
     def aggregate_arrays(self, results: list[tuple[int, TrainRes]]) -> dict[str, np.ndarray]:
-        """Sample-size weighted average of the clients' arrays."""
+        """Sample-size weighted average of the clients' arrays (the round's global arrays,
+        if a rule needs them, are ``self.ctx.global_arrays``)."""
         updates = [numpy_from_arrays(res.arrays) for _, res in results]
         return weighted_average(updates, [res.num_examples for _, res in results])
-
-    def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        """Strategy-specific scalars logged after each round (slash-namespaced names)."""
-        return {}
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Server-side state a checkpoint must keep; NumPy arrays only ({} = stateless)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` returned."""
 
     # ------------------------------------------------------------------ Flower hooks
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = numpy_from_arrays(arrays)
         settings: dict[str, Scalar] = {k: v for k, v in config.items() if isinstance(v, Scalar)}
         settings.update(self.train_config(server_round))
         return [
@@ -133,9 +157,9 @@ class Strategy(FlowerFedAvg):
         ]
         if not results:
             return None, None
-        merged = dict(self._global)
-        merged.update(self.aggregate_arrays(results))
-        return arrays_from_numpy(merged), MetricRecord(mean_metrics(results))  # type: ignore[arg-type]
+        # what was aggregated; the wrapper completes it with the global arrays' other keys
+        aggregated = arrays_from_numpy(self.aggregate_arrays(results))
+        return aggregated, MetricRecord(mean_metrics(results))  # type: ignore[arg-type]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

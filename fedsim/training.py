@@ -1,9 +1,12 @@
 """The one local-training loop every client shares.
 
-Algorithms plug in through :class:`TrainHooks` (an extra loss term, work after each
-optimiser step) instead of pasting a loop of their own.  Declarative hooks (FedProx's
-proximal term: ``prox_mu`` and ``prox_ref``) are also understood by the vectorised loop
-(``runtime.vectorize``, :mod:`fedsim.vectorize`); closures make a client train alone.
+Algorithms plug in through the stages of their round (:class:`fedsim.client.LocalRun`),
+which reach the loop as :class:`TrainHooks`: the loss stage gives a batch's objective from
+what the loop computed (:class:`BatchOut`: logits, the embedding when asked, the
+cross-entropy), the after-step runs after each optimiser step; no algorithm pastes a loop
+of its own.  Declarative hooks (FedProx's proximal term: ``prox_mu`` and ``prox_ref``) are
+also understood by the vectorised loop (``runtime.vectorize``, :mod:`fedsim.vectorize`);
+a loss stage or an after-step (closures) make a client train alone.
 """
 
 from __future__ import annotations
@@ -15,26 +18,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim import optim
 from fedsim.augment import Augmenter, AugParams
 from fedsim.config import TrainConfig
 from fedsim.hooks import (
-    BatchLoss,
-    ExtraLoss,
+    BatchOut,
+    LossStage,
     TrainHooks,
     TrainStats,
     autocast,
     proximal_term,
     train_mode,
 )
+from fedsim.optim import Optimizer
 
 __all__ = [
-    "BatchLoss",
-    "ExtraLoss",
+    "BatchOut",
+    "LossStage",
     "TrainHooks",
     "TrainStats",
     "autocast",
     "batches",
     "evaluate_model",
+    "forward_batch",
     "make_optimizer",
     "proximal_term",
     "train_local",
@@ -42,15 +48,20 @@ __all__ = [
 ]
 
 
-def make_optimizer(
-    model: nn.Module, cfg: TrainConfig, lr: float | None = None
-) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> Optimizer:
     """The client's optimiser over the trainable parameters; ``lr`` is this round's rate
-    (:func:`fedsim.schedules.lr_at`), ``cfg.lr`` when not given."""
+    (:func:`fedsim.schedules.lr_at`), ``cfg.lr`` when not given.
+
+    On the CPU, :mod:`fedsim.optim`'s SGD / Adam: torch's arithmetic bit for bit, without
+    the ``torch._dynamo`` import the first ``torch.optim`` optimiser costs (about 1.3 s);
+    elsewhere ``torch.optim``'s own (its multi-tensor kernels round differently).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     rate = cfg.lr if lr is None else lr
+    own = optim.native(params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
+        sgd = optim.SGD if own else torch.optim.SGD
+        return sgd(
             params,
             lr=rate,
             momentum=cfg.momentum,
@@ -58,7 +69,8 @@ def make_optimizer(
             nesterov=cfg.nesterov,
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=rate, weight_decay=cfg.weight_decay)
+        adam = optim.Adam if own else torch.optim.Adam
+        return adam(params, lr=rate, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer}")  # validated at config load
 
 
@@ -100,7 +112,7 @@ def train_local(
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: TrainConfig,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     gen: torch.Generator,
     device: torch.device,
     precision: str = "fp32",
@@ -154,7 +166,7 @@ def _train_batched(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     plan: list[torch.Tensor],
     device: torch.device,
     precision: str,
@@ -198,7 +210,7 @@ def _train_sequential(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     plan: list[torch.Tensor],
     device: torch.device,
     precision: str,
@@ -222,13 +234,9 @@ def _train_sequential(
             xb = xb.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            if hooks.loss is not None:
-                loss = hooks.loss(model, xb, yb)
-            else:
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                if hooks.extra_loss is not None:
-                    loss = loss + hooks.extra_loss(model, xb, yb, logits)
+            out = forward_batch(model, xb, yb, hooks.forward, cfg.label_smoothing)
+            loss = out.ce if hooks.loss is None else hooks.loss(model, xb, yb, out)
+            assert loss is not None  # forward "none" comes with a loss stage (TrainHooks)
         if hooks.prox_mu:
             assert hooks.prox_ref is not None, "TrainHooks.prox_mu needs prox_ref"
             loss = loss + proximal_term(model, hooks.prox_ref, hooks.prox_mu)
@@ -243,6 +251,27 @@ def _train_sequential(
         steps += 1
         seen += len(idx)
     return TrainStats(total / max(1, seen), steps, seen)
+
+
+def forward_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward: str, label_smoothing: float
+) -> BatchOut:
+    """What the loop computes on a batch before the loss stage (``TrainHooks.forward``).
+
+    ``features`` calls ``model.features`` and ``model.head`` itself, the two halves of a
+    :class:`fedsim.backbones.Backbone`'s ``forward``, so a stage that needs the embedding
+    (FRAug) gets the very tensor the logits were computed from, with no forward hook.
+    """
+    if forward == "none":
+        return BatchOut()
+    features = None
+    if forward == "features":
+        features = model.features(x)  # type: ignore[operator]  # a Backbone: its two halves
+        logits = model.head(features)  # type: ignore[operator]
+    else:
+        logits = model(x)
+    ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return BatchOut(logits, features, ce)
 
 
 @torch.no_grad()

@@ -78,15 +78,9 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
 def _check_data(cfg: RunConfig) -> None:
     """Load the federation once, so a bad source or partition fails before anything is
     created (the trials run in processes of their own)."""
-    if cfg.scenario.problem.kind != "classification":
-        return
-    from fedsim.federation import load_federation
+    from fedsim.task import load_workload
 
-    try:
-        load_federation(cfg.scenario, cfg.seed)
-    except UserError as e:
-        where = cfg.scenario.file or f"scenario '{cfg.scenario.name}'"
-        raise type(e)(f"{where}: scenario.{e}") from None
+    load_workload(cfg)  # a bad source names its scenario file
 
 
 def _candidates(

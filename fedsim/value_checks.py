@@ -22,7 +22,7 @@ from fedsim.errors import ConfigError
 
 #: Keys whose value may be +inf, and what it means.
 INFINITY_ALLOWED = {
-    "scenario.problem.similarity": "independent A_m (fedsim.problems)",
+    "scenario.problem.similarity": "independent A_m (protocols.masha_problems)",
 }
 
 #: Keys whose value becomes one component of the run directory's path.

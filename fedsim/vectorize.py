@@ -13,8 +13,9 @@ that trains no model), the grid's thread trains all submitted jobs in one
 result back into its model and returns, so ``fit`` goes on exactly as after sequential
 training.
 
-What cannot be vectorised (closure hooks such as FRAug's or FedoSSL's objectives, an
-optimizer other than plain SGD/Adam, random layers such as dropout): ``auto`` trains those
+What cannot be vectorised (a client round with a loss stage or an after-step, such as
+FRAug's, FedoSSL's or SCAFFOLD's :class:`fedsim.client.LocalRun`, an optimizer other than
+plain SGD/Adam, random layers such as dropout): ``auto`` trains those
 clients one by one and says so once in the log; ``on`` refuses, at configuration load
 where this is known (:func:`check_config`) and with :class:`VectorizeError` otherwise.
 
@@ -27,35 +28,39 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from fedsim.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class VectorizeError(ConfigError):
     """``runtime.vectorize=on`` and a client cannot be vectorised."""
 
 
-def declarative(fn: F) -> F:
-    """Mark a client ``hooks`` method whose hooks are declarative (vectorisable)."""
-    fn._fedsim_declarative = True  # type: ignore[attr-defined]
-    return fn
+def client_blocker(client_class: Any) -> str | None:
+    """Why clients of this class cannot be vectorised, or None (known at load time).
 
-
-def client_blocker(client_class: type) -> str | None:
-    """Why clients of this class cannot be vectorised, or None (known at load time)."""
-    hooks = getattr(client_class, "hooks", None)
-    if hooks is not None and not getattr(hooks, "_fedsim_declarative", False):
+    ``client_class`` is a :class:`fedsim.client.Client` subclass; its round's stages
+    (``client_class.Run``, a :class:`fedsim.client.LocalRun`) are vectorisable when they
+    define neither a loss stage nor an after-step (a proximal term is declarative)."""
+    run = client_class.Run
+    stages = run.closure_stages()
+    if stages:
         return (
-            f"{client_class.__name__}.hooks is not declared vectorisable "
-            "(its local objective is a closure hook)"
+            f"{client_class.__name__}.Run ({run.__name__}) is not declared vectorisable "
+            f"(its local objective is a closure hook: {' / '.join(stages)})"
         )
     return None
+
+
+def _trains_network(cfg: Any) -> bool:
+    from fedsim.task import task_of
+
+    return task_of(cfg).trains_network
 
 
 def check_config(cfg: Any) -> None:
@@ -68,8 +73,8 @@ def check_config(cfg: Any) -> None:
     why = None
     if cfg.runtime.name != "inline":
         why = f"only runtime=inline vectorises clients, not runtime={cfg.runtime.name}"
-    elif cfg.scenario.problem.kind != "classification":
-        why = f"scenario.problem.kind={cfg.scenario.problem.kind} trains no network"
+    elif not _trains_network(cfg):
+        why = f"scenario.task={cfg.scenario.task} trains no network"
     else:
         from fedsim.registry import get
 

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedsim import optim
 from fedsim.hooks import TrainHooks, TrainStats, autocast, train_mode
+from fedsim.optim import Optimizer
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Job:
     """One client's local training, as submitted by :func:`fedsim.training.train_local`."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer  # fedsim.optim's SGD / Adam, or torch.optim's
     names: list[str]  # trainable parameters, in model.parameters() order
     params: dict[str, torch.Tensor]
     frozen: dict[str, torch.Tensor]
@@ -76,10 +78,12 @@ class Job:
         )
 
 
-def blocker(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: TrainHooks) -> str | None:
+def blocker(model: nn.Module, optimizer: Optimizer, hooks: TrainHooks) -> str | None:
     """Why this training cannot be vectorised, or None."""
-    if hooks.loss is not None or hooks.extra_loss is not None or hooks.after_step is not None:
-        return "the client's TrainHooks hold closures (loss / extra_loss / after_step)"
+    if hooks.loss is not None or hooks.after_step is not None:
+        return "the client's TrainHooks hold closures (loss / after_step)"
+    if hooks.forward != "logits":
+        return f"the client's TrainHooks ask the loop for forward={hooks.forward}"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         return "the model has dropout (random per client)"
     if len(optimizer.param_groups) != 1:
@@ -87,11 +91,11 @@ def blocker(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: TrainHook
     g = optimizer.param_groups[0]
     if isinstance(g["lr"], torch.Tensor):
         return "a tensor learning rate"
-    if type(optimizer) is torch.optim.SGD:
+    if optim.kind(optimizer) == "sgd":
         if g["dampening"] or g["maximize"]:
             return "SGD with dampening or maximize"
         return None
-    if type(optimizer) is torch.optim.Adam:
+    if optim.kind(optimizer) == "adam":
         if g["amsgrad"] or g["maximize"]:
             return "Adam with amsgrad or maximize"
         return None
@@ -100,7 +104,7 @@ def blocker(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: TrainHook
 
 def make_job(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     batches: list[torch.Tensor],
@@ -289,12 +293,13 @@ def _clip_rows(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, tor
 
 
 class _StackedOptim:
-    """``torch.optim.SGD`` / ``Adam`` on stacked tensors (one row per client)."""
+    """``torch.optim.SGD`` / ``Adam`` (or :mod:`fedsim.optim`'s, the same arithmetic) on
+    stacked tensors (one row per client)."""
 
     def __init__(self, jobs: list[Job], params: dict[str, torch.Tensor], dev: torch.device):
         g = jobs[0].optimizer.param_groups[0]
         self.names = jobs[0].names
-        self.adam = type(jobs[0].optimizer) is torch.optim.Adam
+        self.adam = optim.kind(jobs[0].optimizer) == "adam"
         self.lr, self.wd = float(g["lr"]), float(g["weight_decay"])
         self.momentum = 0.0 if self.adam else float(g["momentum"])
         self.nesterov = bool(g.get("nesterov", False))

@@ -1,6 +1,7 @@
 """FedoSSL's wire format and options, shared by ``strategies.fedossl`` (server) and
 ``clients.fedossl`` (client): the four variants' configs and their load-time checks, the
-record names and the centroid payloads.  Import-light: no torch, no Flower at import.
+record names, the centroid payloads and what stays on the clients (:func:`local_keys`).
+Import-light: no torch, no Flower at import.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fedsim.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
     from flwr.app import ArrayRecord
+    from torch import nn
 
 PROTOCOLS = ("transductive", "heldout")
 MEMORY_SCOPES = ("round", "fifo")
@@ -189,6 +191,20 @@ def validate_fedossl(cfg: RunConfig) -> None:
             "strategy.freeze_backbone: only for backbone=resnet18 (it trains layer4 and the "
             f"head), got backbone={cfg.backbone.name}",
         )
+
+
+def local_keys(model: nn.Module) -> set[str]:
+    """What never leaves a FedoSSL client: the batch-norm running statistics (buffers in
+    the code, never aggregated), chosen by module type, and the linear head's bias.  The
+    clients' cosine head has no bias; the server's reference model keeps the linear head
+    (:class:`strategies.fedossl.FedoSSL` evaluates no global model), so the server never
+    sends its bias."""
+    from fedsim.backbones import bn_running_stat_keys
+
+    keys = bn_running_stat_keys(model)
+    if "head.bias" in model.state_dict():
+        keys.add("head.bias")
+    return keys
 
 
 # --------------------------------------------------------------------------- payloads

@@ -1,19 +1,22 @@
 """FRAug's wire format and options, shared by ``strategies.fraug`` (server) and
 ``clients.fraug`` (client): the config, the schedule keys of every training message, the
-generator payload, and the pure schedule maths.  Import-light: no torch, no Flower.
+generator payload, the pure schedule maths, what stays on the clients
+(:func:`local_keys`) and the amount of local work (:func:`local_train`).  Import-light:
+no torch (only inside :func:`local_keys`), no Flower.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedsim.config import StrategyConfig
+from fedsim.config import RunConfig, StrategyConfig, TrainConfig
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
+    from torch import nn
 
 DISTANCES = ("L1", "L2", "MMD", "MMD_kernel")
 NOISES = ("uniform", "gaussian")
@@ -88,16 +91,37 @@ def validate_fraug(cfg: FRAugConfig) -> None:
         raise ConfigError("strategy.latent_dim and strategy.local_iterations must be >= 0")
 
 
-def bn_module_keys(local_keys: Iterable[str], all_keys: Iterable[str]) -> frozenset[str]:
-    """Every key of the batch-norm modules whose running statistics are in ``local_keys``.
+def fraug_config(cfg: RunConfig) -> FRAugConfig:
+    """The typed strategy config of a FRAug run."""
+    s = cfg.strategy
+    if not isinstance(s, FRAugConfig):
+        raise TypeError(f"strategy: '{s.name}' is not a FRAug configuration")
+    return s
 
-    The server knows the BN layers only through their running-statistics keys (chosen by
-    module type on the client side); their affine ``weight`` / ``bias`` share the prefix.
+
+def local_keys(model: nn.Module, cfg: FRAugConfig) -> set[str]:
+    """What never leaves a FRAug client, chosen by module type: the batch-norm running
+    statistics (the code's ``model_share='no_bn_running_stats'``: the affine weights are
+    averaged), or every batch-norm tensor with ``local_bn=all`` (FedBN-style, the paper).
+    The server sends and averages the rest."""
+    from fedsim.backbones import bn_running_stat_keys, bn_state_keys
+
+    return bn_state_keys(model) if cfg.local_bn == "all" else bn_running_stat_keys(model)
+
+
+def local_train(train: TrainConfig, cfg: FRAugConfig) -> TrainConfig:
+    """The ``train.*`` of a client's round: ``local_iterations`` mini-batch steps when
+    ``train.local_steps`` is 0 (the code counts local work in iterations), ``train``
+    itself otherwise (``train.local_steps=N`` wins; ``local_iterations=0``: epochs).
+
+    >>> local_train(TrainConfig(), FRAugConfig(local_iterations=20)).local_steps
+    20
+    >>> local_train(TrainConfig(local_steps=4), FRAugConfig()).local_steps
+    4
     """
-    prefixes = {k.rsplit(".", 1)[0] for k in local_keys if k.endswith(".running_mean")}
-    return frozenset(local_keys) | {
-        k for k in all_keys if "." in k and k.rsplit(".", 1)[0] in prefixes
-    }
+    if train.local_steps == 0 and cfg.local_iterations > 0:
+        return dataclasses.replace(train, local_steps=cfg.local_iterations)
+    return train
 
 
 # --------------------------------------------------------------------------- payload

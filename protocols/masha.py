@@ -71,11 +71,18 @@ GAMMA_KEY = "masha-gamma"
 TAU_KEY = "masha-tau"
 BCAST = "masha.broadcast"  # the previous step round's aggregate (channel.down payload)
 FW = "masha.fw"  # dense F(w) after a sync round
+RESYNC = "masha.resync"  # the server's mirrors, float64, for a device that missed a round
+MIRRORS = ("z", "w", "fw", "zh")  # what RESYNC holds: every vector the broadcasts set
 
 
 @dataclass(frozen=True)
 class MashaIns:
-    """Server -> device: the previous round's outcome and this round's task."""
+    """Server -> device: the previous round's outcome and this round's task.
+
+    ``resync`` (instead of an outcome to apply) carries the server's mirrors of
+    :data:`MIRRORS` to a device that missed a broadcast (it was not selected, dropped
+    out, or its reply was lost): it takes them as they are, then computes.
+    """
 
     server_round: int
     phase: str
@@ -86,6 +93,7 @@ class MashaIns:
     tau: float
     broadcast: ArrayRecord | None = None
     fw: ArrayRecord | None = None
+    resync: ArrayRecord | None = None
 
     def to_ins(self) -> TrainIns:
         from flwr.app import ArrayRecord
@@ -105,6 +113,8 @@ class MashaIns:
             extra[BCAST] = self.broadcast
         if self.fw is not None:
             extra[FW] = self.fw
+        if self.resync is not None:
+            extra[RESYNC] = self.resync
         return TrainIns(ArrayRecord(), self.server_round, config, extra)
 
     @classmethod
@@ -120,4 +130,5 @@ class MashaIns:
             float(c[TAU_KEY]),
             ins.extra.get(BCAST),
             ins.extra.get(FW),
+            ins.extra.get(RESYNC),
         )

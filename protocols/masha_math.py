@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from fedsim.channels import Channel, IdentityChannel, SparseChannel, make_channel
+from fedsim.channels import Channel, IdentityChannel, Link, SparseChannel, make_channel
 from fedsim.config import ChannelSideConfig, RunConfig
+from fedsim.errors import ConfigError
 from fedsim.seeding import derive_rng
 
 Prox = Callable[[np.ndarray], np.ndarray]
@@ -56,48 +58,39 @@ def error_feedback(
     return c, u - c
 
 
-def beta_of(ch: Channel, ratio: float) -> float:
-    """``d / (expected coordinates sent)`` (bytes ratio for QSGD's int8 levels)."""
-    if ch.name in ("randk", "topk"):
-        return 1.0 / ratio
-    if ch.name == "qsgd":
-        return 4.0
-    return 1.0
+def variance_of(ch: Channel, where: str) -> float:
+    """The compressor's ``q`` (:meth:`~fedsim.channels.Channel.variance`; ``delta`` for a
+    contractive one); a compressor that declares none needs ``strategy.gamma`` set."""
+    q = ch.variance()
+    if q is None:
+        raise ConfigError(
+            f"strategy.gamma: must be > 0 with {where}={ch.name}, which states no variance "
+            "bound to derive the step size from"
+        )
+    return q
 
 
-def variance_of(ch: Channel, ratio: float, levels: int) -> float:
-    """``q`` with ``E||Q(v)||^2 <= q ||v||^2`` (``delta`` for TopK; 1 when lossless)."""
-    if ch.name in ("randk", "topk"):
-        return 1.0 / ratio
-    if ch.name == "qsgd":
-        from fedsim.channels import QSGD_BUCKET
-
-        return 1.0 + min(QSGD_BUCKET / levels**2, math.sqrt(QSGD_BUCKET) / levels)
-    return 1.0
-
-
-def broadcast_channel(down: Channel) -> Channel:
-    """The channel of a step round's broadcast: a dense (identity) downlink is replaced by
+def broadcast_link(down: Link) -> Link:
+    """The link of a step round's broadcast: a verbatim (identity) downlink is replaced by
     the lossless sparse one, which sends ``nnz`` float32 values + int32 indices when that is
     smaller than the dense vector and the dense vector otherwise.  The unidirectional
     average of ``M`` sparse uplinks has at most ``M k`` non-zeros (e.g. <= 20 of 200 at
     ``M = 10``, 1%), so this never costs more than dense and saves where it can; decoding
     gives the same float32 vector as the dense channel."""
-    return SparseChannel() if isinstance(down, IdentityChannel) else down
+    return replace(down, channel=SparseChannel()) if down.verbatim else down
 
 
 def default_tau(cfg: RunConfig) -> float:
-    up = cfg.channel.up
-    return 1.0 - 1.0 / beta_of(make_channel(up), up.ratio)
+    """``1 - 1/beta`` of the uplink's compressor (:meth:`~fedsim.channels.Channel.compression`)."""
+    return 1.0 - 1.0 / make_channel(cfg.channel.up).compression()
 
 
 def default_gamma(
     variant: str, cfg: RunConfig, tau: float, L: float, Lm: np.ndarray, c: float
 ) -> float:
     """The spec's theory step sizes (module docstring); constants derived, not verified."""
-    up, down = cfg.channel.up, cfg.channel.down
-    q_dev = variance_of(make_channel(up), up.ratio, up.levels)
-    q_serv = variance_of(make_channel(down), down.ratio, down.levels)
+    q_dev = variance_of(make_channel(cfg.channel.up), "channel.up")
+    q_serv = variance_of(make_channel(cfg.channel.down), "channel.down")
     M = len(Lm)
     if variant == "masha1":
         L_hat = math.sqrt(q_serv * (L**2 + (q_dev - 1.0) / M * float(np.mean(Lm**2))))
@@ -148,6 +141,8 @@ def replay(
     ``scripts/masha_results.py``.  Stops after the round where ``rel_dist <= stop``.
     """
     M = problem.problem.num_clients
+    uplink, downlink = Link("up", up, seed), Link("down", down, seed)
+    bcast = broadcast_link(downlink)
     z0 = problem.z0()
     z, w, fw, zh = z0.copy(), z0.copy(), np.zeros_like(z0), z0.copy()
     e_dev = [np.zeros_like(z0) for _ in range(M)]
@@ -172,7 +167,7 @@ def replay(
         else:
             vecs = []
             for m in range(M):
-                rng = derive_rng(seed, "channel/up", rnd, m)
+                rng = uplink.rng(rnd, m)
                 if variant == "naive":
                     point = z if phase == "g" else zh
                     c_m, nb = _roundtrip32(up, problem.full(m, point), rng)
@@ -189,13 +184,13 @@ def replay(
                 vecs.append(c_m)
                 up_bytes += nb
             a = np.mean(vecs, axis=0)
-            drng = derive_rng(seed, "channel/down", rnd)
-            if variant == "masha2" and not down.lossless:
+            drng = downlink.rng(rnd)
+            if variant == "masha2" and not downlink.lossless:
                 u = e_srv + a
                 c, pending_down = _roundtrip32(down, u, drng)
                 e_srv = u - c
             else:
-                c, pending_down = _roundtrip32(broadcast_channel(down), a, drng)
+                c, pending_down = _roundtrip32(bcast.channel, a, drng)
             if variant == "naive":
                 if phase == "g":
                     zh, phase = problem.prox(z - gamma * c), "h"
@@ -230,12 +225,10 @@ def replay(
 
 
 def message_bytes(side: ChannelSideConfig, D: int) -> float:
-    """Bytes of one compressed vector of ``D`` coordinates as ``fedsim.channels`` sends it:
-    RandK ``4k + 8`` (values + seed), TopK ``8k`` (values + int32 indices), dense ``4D``."""
-    if side.name in ("randk", "topk"):
-        k = min(D, max(1, math.ceil(side.ratio * D - 1e-9)))
-        return 4.0 * k + (8.0 if side.name == "randk" else 4.0 * k)
-    return 4.0 * D
+    """Bytes of one compressed vector of ``D`` coordinates as ``fedsim.channels`` sends it
+    (:meth:`~fedsim.channels.Channel.vector_nbytes`): RandK ``4k + 8`` (values + seed),
+    TopK ``8k`` (values + int32 indices), dense ``4D``."""
+    return make_channel(side).vector_nbytes(D)
 
 
 def predicted_up_ratio(
@@ -261,10 +254,11 @@ def predicted_up_ratio(
     are assumed for both methods, so this is an order of magnitude, not a bound.  The spec
     gives no comparable rate for MASHA2: its prediction reuses MASHA1's with TopK's bytes.
     """
-    if up.name not in ("randk", "topk"):
+    up_ch, down_ch = make_channel(up), make_channel(down)
+    if not up_ch.sparsifier:
         return 1.0
-    p = min(1.0, math.ceil(up.ratio * D - 1e-9) / D)
-    q_serv = 1.0 / p if down.name in ("randk", "topk") else 1.0
+    p = up_ch.kept(D) / D
+    q_serv = 1.0 / p if down_ch.sparsifier else 1.0
     l_hat_over_l = math.sqrt(q_serv * (1.0 + (1.0 / p - 1.0) * rho / M))
     k_masha = max(L * l_hat_over_l / (math.sqrt(p) * mu), 1.0 / p)
     k_eg = L / mu
@@ -272,27 +266,6 @@ def predicted_up_ratio(
 
 
 # --------------------------------------------------------------------------- fast sweep
-
-
-def _compress_rows(
-    name: str, ratio: float, U: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """RandK / TopK / dense of every row of ``U`` (float32 on the wire), bytes per row."""
-    D = U.shape[1]
-    U32 = U.astype(np.float32).astype(np.float64)
-    if name not in ("randk", "topk"):
-        return U32, 4.0 * D
-    k = min(D, max(1, math.ceil(ratio * D - 1e-9)))
-    if name == "randk":
-        idx = np.argpartition(rng.random(U.shape), k - 1, axis=1)[:, :k]
-        scale, nbytes = D / k, 4.0 * k + 8.0
-    else:
-        idx = np.argpartition(-np.abs(U32), k - 1, axis=1)[:, :k]
-        scale, nbytes = 1.0, 8.0 * k
-    out = np.zeros_like(U32)
-    rows = np.arange(U.shape[0])[:, None]
-    out[rows, idx] = U32[rows, idx] * scale
-    return out, nbytes
 
 
 def simulate(
@@ -310,10 +283,12 @@ def simulate(
 
     The same protocol, byte counts (including the sparse unidirectional broadcast), float32
     wire rounding, sync bits (``derive_rng(seed, "masha/sync", round)``) and stopping rule
-    as :func:`replay`; the RandK masks come from one generator per run instead of one per
-    device and round, so RandK runs are statistically equivalent, not bit-identical (TopK
-    and dense runs agree with :func:`replay` up to float rounding; ``tests/test_masha.py``
-    checks both).  MASHA1 / MASHA2 / EG only, full participation, bilinear problem.
+    as :func:`replay`.  Every device's vector goes through the compressor at once
+    (:meth:`~fedsim.channels.Channel.roundtrip_rows`): the RandK masks come from one
+    generator per run instead of one per device and round, so RandK runs are statistically
+    equivalent, not bit-identical (TopK and dense runs agree with :func:`replay` up to
+    float rounding; ``tests/test_masha.py`` checks both).  MASHA1 / MASHA2 / EG only, full
+    participation, bilinear problem.
     """
     bp = problem.problem
     d, lam, M = bp.d, bp.lam, bp.num_clients
@@ -332,7 +307,7 @@ def simulate(
     fw_m = fw_w = np.zeros((M, D))
     e_dev = np.zeros((M, D))
     e_srv = np.zeros(D)
-    lossy_down = down.name in ("randk", "topk")
+    up_ch, down_ch = make_channel(up), make_channel(down)
     rng = derive_rng(seed, "masha/simulate")
     phase, pending_down, it = "sync", 0.0, 0
     tot_up = tot_down = 0.0
@@ -350,16 +325,16 @@ def simulate(
             z_half = zbar - gamma * fw
             delta = ops(z_half) - fw_w  # F_m(w) changes only at a sync: cached
             if variant == "masha1":
-                C, nb = _compress_rows(up.name, up.ratio, delta, rng)
+                C, nb = up_ch.roundtrip_rows(delta, rng)
             else:
                 U = e_dev + gamma * delta
-                C, nb = _compress_rows(up.name, up.ratio, U, rng)
+                C, nb = up_ch.roundtrip_rows(U, rng)
                 e_dev = U - C
             tot_up += M * nb
             a = np.mean(C, axis=0)
-            if lossy_down:
+            if not down_ch.lossless:
                 u = e_srv + a if variant == "masha2" else a
-                c2, pending_down = _compress_rows(down.name, down.ratio, u[None, :], rng)
+                c2, pending_down = down_ch.roundtrip_rows(u[None, :], rng)
                 c = c2[0]
                 if variant == "masha2":
                     e_srv = u - c

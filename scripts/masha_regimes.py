@@ -2,7 +2,7 @@
 extragradient on bilinear problems with a similarity knob (issue 16).
 
 Grid: M in {10, 100} devices, similarity s in {0, 0.3, 1, 3, inf} (A_m = alpha (A_0 + s E_m),
-``fedsim.problems.make_bilinear``), k/d in {1%, 5%, 25%}, uplink-only and bidirectional
+``protocols.masha_problems.make_bilinear``), k/d in {1%, 5%, 25%}, uplink-only and bidirectional
 compression, d = 100 (z in R^200), lam = mu = 1, L / mu = 10 (``problem.condition``), 3 seeds
 (seed = problem instance and random streams), target relative distance 1e-6.
 
@@ -38,11 +38,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from fedsim.config import ChannelSideConfig, ProblemConfig  # noqa: E402
-from fedsim.problems import BilinearVI, make_bilinear, similarity_stats  # noqa: E402
 from protocols.masha_math import (  # noqa: E402
     default_gamma,
     simulate,
 )
+from protocols.masha_problems import BilinearVI, make_bilinear, similarity_stats  # noqa: E402
 
 DEVICES = (10, 100)
 SIMILARITY = (0.0, 0.3, 1.0, 3.0, math.inf)
@@ -66,7 +66,7 @@ def problem(M: int, s: float, seed: int) -> tuple[BilinearVI, dict[str, float], 
     if key not in _PROBLEMS:
         if len(_PROBLEMS) > 8:
             _PROBLEMS.clear()
-        cfg = ProblemConfig(kind="bilinear", dim=DIM, lam=1.0, similarity=s, condition=COND)
+        cfg = ProblemConfig(dim=DIM, lam=1.0, similarity=s, condition=COND)
         bp = make_bilinear(cfg, M, seed)
         _PROBLEMS[key] = (BilinearVI(bp), similarity_stats(bp), bp.lipschitz()[1])
     return _PROBLEMS[key]

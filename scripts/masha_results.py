@@ -114,9 +114,9 @@ def run_one(overrides: list[str], run_dir: Path, target: float) -> tuple[list[di
 def replayed(overrides: list[str], c: float, rounds: int, target: float) -> Result:
     """One replayed run (``protocols.masha_math.replay``) with ``strategy.gamma_c = c``."""
     from fedsim.channels import make_channel
-    from fedsim.problems import server_problem
     from protocols.masha import VARIANTS
     from protocols.masha_math import default_tau, derived_gamma, replay
+    from protocols.masha_task import server_problem
 
     cfg = compose(overrides)
     variant = VARIANTS[cfg.strategy.name]

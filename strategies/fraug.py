@@ -10,7 +10,8 @@ Server (this module, :class:`FRAug`):
 
 * averages the model (sample-size weighted) except the batch-norm *running statistics*,
   which stay on the clients (the code's ``model_share='no_bn_running_stats'``); with
-  ``strategy.local_bn=all`` every batch-norm tensor stays local, as in FedBN;
+  ``strategy.local_bn=all`` every batch-norm tensor stays local, as in FedBN (one rule
+  for both halves: :func:`protocols.fraug.local_keys`, the server's ``ctx.local_keys``);
 * averages the shared generator ``G`` (noise + one-hot label -> client-agnostic embedding)
   with the same weights and broadcasts all of it (``model_share_G='all'``); the generator
   travels as an extra ``ArrayRecord`` (:class:`GeneratorPayload`);
@@ -57,7 +58,6 @@ from protocols.fraug import (
     RHO_KEY,
     FRAugConfig,
     GeneratorPayload,
-    bn_module_keys,
     lambda_schedule,
     rho_schedule,
 )
@@ -76,12 +76,6 @@ class FRAug(Strategy):
         super().__init__(ctx)
         self.fraug = ctx.cfg.strategy
         self.generator: dict[str, np.ndarray] = {}  # empty until the first aggregation
-
-    def shared(self, arrays: ArrayRecord) -> ArrayRecord:
-        if self.fraug.local_bn == "all":
-            local = bn_module_keys(self.ctx.local_keys, arrays.keys())
-            return ArrayRecord({k: v for k, v in arrays.items() if k not in local})
-        return super().shared(arrays)
 
     def train_config(self, server_round: int) -> dict[str, Scalar]:
         rho = rho_schedule(server_round, self.ctx.cfg.rounds, self.fraug.gamma)
@@ -126,7 +120,6 @@ __all__ = [
     "FRAug",
     "FRAugConfig",
     "GeneratorPayload",
-    "bn_module_keys",
     "lambda_schedule",
     "rho_schedule",
 ]

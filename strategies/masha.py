@@ -24,8 +24,10 @@ One round = one message each way:
 
 The downlink of round ``r`` carries the result of round ``r - 1`` (the broadcast and
 ``b``, or ``F(w)``), so an iteration costs one round, or two when ``b_k = 1`` (spec section
-9).  Every device receives every broadcast (also the devices not sampled in a step round:
-they must keep their copies current); non-sampled devices reply with an empty record.
+9).  Only the devices that the scenario's participation selects are messaged (the grid
+the wrapper hands over lists exactly them); a device that missed a broadcast (not
+selected, dropped out, its reply lost) receives the server's mirrors of ``z, w, F(w),
+z_half`` instead, dense float64 and counted on the downlink, when it is next selected.
 
 Choices where the spec is unsure (see ``docs/results/masha.md``):
 
@@ -37,8 +39,10 @@ Choices where the spec is unsure (see ``docs/results/masha.md``):
   ``gamma = c min(sqrt(1 - tau), 1/(delta_dev delta_serv)) / max_m L_m``; EG and naive EG
   ``gamma = c / L``.  ``L`` and ``L_m`` are known for the bilinear problem only; the
   adversarial problem needs ``strategy.gamma`` set.
-* Partial participation: sampled devices in step rounds, every device in sync rounds
-  (spec section 5); the average is over the devices that replied.
+* Partial participation: the selected devices, in step and sync rounds alike; every
+  average is over the devices that replied.  Deviation: spec section 5 refreshes the
+  reference point on every device, so with partial participation fedsim's ``F(w)`` is
+  the mean over the devices of that sync round, an estimate of the full operator.
 * MASHA2 is analysed without constraints; on the adversarial problem fedsim still
   projects ``delta`` (deviation).
 * Naive compressed EG: ``z_half = prox(z - gamma Q(F(z)))``, ``z+ = prox(z - gamma Q(F(z_half)))``,
@@ -52,26 +56,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
-from fedsim.channels import Channel, IdentityChannel, make_channel
+from fedsim.channels import IdentityChannel, Link, links_for
 from fedsim.errors import ConfigError
 from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
 from fedsim.strategy import ServerContext, Strategy, messages_to
 from protocols.masha import (
+    MIRRORS,
     VARIANTS,
     MashaConfig,
     MashaIns,
 )
 from protocols.masha_math import (
     anchor,
-    broadcast_channel,
+    broadcast_link,
     default_gamma,
     default_tau,
     derived_gamma,
@@ -103,16 +108,20 @@ class ViState:
     iterations: int = 0
     syncs: int = 0
     extras: dict[str, float] = field(default_factory=dict)
+    #: devices whose copies lag the mirrors (they missed a broadcast): sent RESYNC next
+    stale: set[int] = field(default_factory=set)
+    #: devices messaged in the round being trained, until its replies are aggregated
+    reached: list[int] = field(default_factory=list)
 
 
 class Masha(Strategy):
-    """MASHA1 / MASHA2 / EG / naive compressed EG on a :mod:`fedsim.problems` problem."""
+    """MASHA1 / MASHA2 / EG / naive compressed EG on a :mod:`protocols.masha_problems` problem."""
 
     has_global_model = False
 
     def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx)
-        from fedsim.problems import server_problem
+        from protocols.masha_task import server_problem
 
         cfg = ctx.cfg
         scfg = cfg.strategy
@@ -120,10 +129,10 @@ class Masha(Strategy):
         self.variant = VARIANTS[scfg.name]
         self.problem = server_problem(cfg)
         self.dense = IdentityChannel()
-        # MASHA is a compression method: it applies channel.up / channel.down itself
+        # MASHA is a compression method: it applies the run's links itself
         # (AlgorithmSpec.native_channels), the wrappers pass its messages through
-        self.up = make_channel(cfg.channel.up)
-        self.down = make_channel(cfg.channel.down)
+        links = links_for(cfg)
+        self.up, self.down = links.up, links.down
         self.stats: dict[str, float] = {}
         self.tau = 0.0 if scfg.name == "eg" else (scfg.tau if scfg.tau >= 0 else default_tau(cfg))
         if self.variant == "naive":
@@ -134,8 +143,8 @@ class Masha(Strategy):
             lips = self.problem.lipschitz()
             if lips is None:
                 raise ConfigError(
-                    f"strategy.gamma: must be > 0 for scenario.problem.kind="
-                    f"{cfg.scenario.problem.kind} (no Lipschitz constant to derive it from)"
+                    f"strategy.gamma: must be > 0 for scenario.task={cfg.scenario.task} "
+                    "(no Lipschitz constant to derive it from)"
                 )
             args = (self.variant, cfg, self.tau, lips[0], lips[1], scfg.gamma_c)
             self.gamma = derived_gamma(*args)
@@ -171,6 +180,7 @@ class Masha(Strategy):
             if rec is not None:
                 for key, value in numpy_from_arrays(rec).items():
                     out[f"{tag}/{key}"] = np.array(value)
+        out["stale"] = np.array(sorted(s.stale | set(s.reached)), dtype=np.int64)
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -189,41 +199,51 @@ class Masha(Strategy):
         for tag in ("pending_broadcast", "pending_fw"):
             part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(tag + "/")}
             setattr(s, tag, arrays_from_numpy(part) if part else None)
+        # before "stale" was kept every device received every broadcast: none lags
+        s.stale = set(state["stale"].tolist()) if "stale" in state else set()
+        s.reached = []
 
     # ------------------------------------------------------------------ train
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         s = self.st
-        assert self.ctx.sampler is not None  # MASHA decides who computes in step rounds
-        plan = self.ctx.sampler.plan(server_round)
-        everyone = sorted(self.ctx.node_of)
-        sampled = set(plan.selected.tolist()) - set(plan.dropped.tolist()) - set(plan.late.tolist())
-        if s.phase == "sync":  # the reference point is refreshed on every device
-            sampled = set(everyone)
-        self.stats = {
-            "sys/selected_clients": float(len(sampled)),
-            "masha/sync_round": float(s.phase == "sync"),
-        }
+        s.stale.update(s.reached)  # a round whose replies were never aggregated: unknown
+        partition_of = self.ctx.partition_of
+        s.reached = sorted(partition_of[node] for node in grid.get_node_ids())
+        self.stats = {"masha/sync_round": float(s.phase == "sync")}
+        current = MashaIns(
+            server_round,
+            s.phase,
+            True,
+            s.pending_apply,
+            s.pending_set_w,
+            self.gamma,
+            self.tau,
+            s.pending_broadcast,
+            s.pending_fw,
+        )
+        lagging = (
+            replace(current, apply="none", set_w=False, broadcast=None, fw=None,
+                    resync=self._mirrors())
+            if s.stale.intersection(s.reached)
+            else current
+        )  # fmt: skip
         out: list[Message] = []
-        for pid in everyone:
-            ins = MashaIns(
-                server_round,
-                s.phase,
-                pid in sampled,
-                s.pending_apply,
-                s.pending_set_w,
-                self.gamma,
-                self.tau,
-                s.pending_broadcast,
-                s.pending_fw,
+        for pid in s.reached:
+            ins = lagging if pid in s.stale else current
+            out.extend(
+                messages_to(ins.to_ins().to_record(), [self.ctx.node_of[pid]], MessageType.TRAIN)
             )
-            node = self.ctx.node_of.get(pid)
-            if node is not None:
-                out.extend(messages_to(ins.to_ins().to_record(), [node], MessageType.TRAIN))
         return out
 
-    def _decoded(self, replies: Iterable[Message], channel: Channel) -> list[np.ndarray]:
+    def _mirrors(self) -> ArrayRecord:
+        """What a device holds once it applied every broadcast so far (float64)."""
+        return arrays_from_numpy({k: np.asarray(getattr(self.st, k)) for k in MIRRORS})
+
+    def _decoded(
+        self, replies: Iterable[Message], link: Link | IdentityChannel
+    ) -> list[np.ndarray]:
         layout = self.problem.layout
         like = layout.like()
         partition_of = self.ctx.partition_of
@@ -235,7 +255,7 @@ class Masha(Strategy):
             res = TrainRes.from_record(msg.content)
             if res.num_examples == 0:
                 continue  # not sampled this round
-            vec = layout.join(channel.decode(res.arrays, like))
+            vec = layout.join(link.decode(res.arrays, like))
             out.append((partition_of[msg.metadata.src_node_id], vec))
         out.sort(key=lambda item: item[0])
         return [v for _, v in out]
@@ -243,9 +263,8 @@ class Masha(Strategy):
     def _broadcast(self, a: np.ndarray, server_round: int) -> tuple[ArrayRecord, np.ndarray]:
         """Encode the aggregate once on the downlink; return (payload, what devices decode)."""
         layout = self.problem.layout
-        rng = derive_rng(self.ctx.cfg.seed, "channel/down", server_round)
-        down = broadcast_channel(self.down)
-        payload = down.encode(layout.split(a), rng)
+        down = broadcast_link(self.down)
+        payload = down.encode(layout.split(a), server_round)
         return payload, layout.join(down.decode(payload, layout.like()))
 
     def aggregate_train(
@@ -296,8 +315,14 @@ class Masha(Strategy):
                 if b:
                     s.w = s.z.copy()
                     s.phase = "sync"
-        self.stats["sys/aggregated_clients"] = float(len(vecs))
+        partition_of = self.ctx.partition_of
+        replied = {partition_of[m.metadata.src_node_id] for m in replies if not m.has_error()}
+        s.stale = set(self.ctx.node_of) - replied  # the others missed this round's outcome
+        s.reached = []
         return self._arrays(), MetricRecord({"num-examples": float(len(vecs))})
+
+    def round_stats(self) -> dict[str, float]:
+        return dict(self.stats)
 
     # ------------------------------------------------------------------ metrics
     def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:

@@ -50,7 +50,7 @@ class Scaffold(Strategy):
     def aggregate_arrays(self, results: list[tuple[int, TrainRes]]) -> dict[str, np.ndarray]:
         equal = [1.0] * len(results)
         mean_y = weighted_average([numpy_from_arrays(r.arrays) for _, r in results], equal)
-        x = self._global
+        x = self.ctx.global_arrays
         out = {
             k: (x[k] + self.server_lr * (y - x[k])).astype(y.dtype)
             if k in x and np.issubdtype(y.dtype, np.floating)

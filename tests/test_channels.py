@@ -1,5 +1,6 @@
-"""Compression channels: seeded unbiasedness, contraction, round trips, byte counts, and
-FedAvg through a lossy channel on the messages that really cross the Grid."""
+"""Compression channels: seeded unbiasedness, contraction, round trips, byte counts, the
+registry, the two stages of a link, and FedAvg through a lossy channel on the messages
+that really cross the Grid."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ from flwr.app import Array, Message
 
 from fedsim.channels import (
     IdentityChannel,
+    Link,
+    Links,
     QSGDChannel,
     RandKChannel,
     SparseChannel,
     TopKChannel,
+    channel_classes,
     num_kept,
     payload_nbytes,
     randk,
     topk,
+    validate_channel,
 )
 from fedsim.config import ChannelSideConfig
 from fedsim.errors import ConfigError
-from fedsim.records import arrays_from_numpy
+from fedsim.payloads import ARRAYS
+from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.seeding import derive_rng
 
 RNG_SEED = 1234
 
@@ -139,6 +146,84 @@ def test_channel_shorthand_composes_and_bad_values_are_named(fast_cfg) -> None: 
         fast_cfg("channel.down=topk", "channel.down.ratio=0")
 
 
+# ----------------------------------------------------------------------------- registry
+
+
+def test_the_registry_is_filled_by_entry_points_and_names_what_is_allowed() -> None:
+    from importlib.metadata import entry_points
+
+    classes = channel_classes()
+    assert {"identity", "randk", "topk", "qsgd", "sparse"} <= set(classes)
+    assert set(classes) == {ep.name for ep in entry_points(group="fedsim.channels")}
+    allowed = ", ".join(sorted(classes))
+    bad = validate_channel(ChannelSideConfig(name="rank"), "channel.up")
+    assert bad == f"channel.up.name: unknown 'rank' (allowed: {allowed})"
+    assert validate_channel(ChannelSideConfig(name="topk", ratio=0.2), "channel.up") is None
+
+
+def test_compressors_describe_themselves_for_algorithms_that_compress() -> None:
+    randk_, topk_ = RandKChannel(0.25), TopKChannel(0.25)
+    assert (randk_.compression(), randk_.variance(), randk_.kept(200)) == (4.0, 4.0, 50)
+    assert topk_.vector_nbytes(200) == 50 * 8  # values + int32 indices
+    assert randk_.vector_nbytes(200) == 50 * 4 + 8  # values + one seed
+    assert QSGDChannel(16).compression() == 4.0  # int8 levels instead of float32
+    assert QSGDChannel(16).variance() == 1.0 + min(512 / 16**2, 512**0.5 / 16)  # 1 + sqrt(2)
+    assert IdentityChannel().variance() == SparseChannel().variance() == 1.0
+    assert IdentityChannel().verbatim and not SparseChannel().verbatim
+
+
+# ----------------------------------------------------------------------------- links
+
+
+def test_a_link_draws_from_its_direction_record_round_and_client() -> None:
+    link = Link("up", RandKChannel(0.3), seed=7)
+    payload = link.encode({"w": np.arange(1.0, 11.0, dtype=np.float32)}, 3, 1)
+    sent_seed = int(payload["w|seed"].numpy()[0])
+    assert sent_seed == int(derive_rng(7, "channel/up", 3, 1).integers(2**63))
+    other = link.rng(3, 1, record="fraug.generator")  # any other record: its own stream
+    assert other.random() == derive_rng(7, "channel/up/fraug.generator", 3, 1).random()
+    assert link.rng(3).random() == derive_rng(7, "channel/up", 3).random()  # a broadcast
+
+
+def test_an_update_link_sends_the_difference_and_adds_the_reference_back() -> None:
+    up = Link("up", TopKChannel(0.5), seed=0)
+    reference = {ARRAYS: {"w": np.array([1.0, 2.0, 3.0, 4.0], np.float32)}}
+    trained = np.array([1.0, 2.5, 3.0, 0.0], np.float32)
+    counts = arrays_from_numpy({"n": np.ones(2, np.float32)})
+    records = {ARRAYS: arrays_from_numpy({"w": trained}), "counts": counts}
+    # Act
+    sent = up.send(records, 1, 0, reference=reference)
+    back = up.receive(sent, reference=reference)
+    # Assert: the update is [0, 0.5, 0, -4]; TopK keeps 2 of 4, its two non-zeros
+    assert up.nbytes(sent[ARRAYS]) == 2 * 4 + 2 * 4  # values + int32 indices
+    assert np.array_equal(numpy_from_arrays(back[ARRAYS])["w"], trained)
+    assert sent["counts"] is counts and back["counts"] is counts  # no reference: as it is
+
+
+def test_exact_records_and_the_identity_link_leave_records_untouched() -> None:
+    stats = arrays_from_numpy({"s": np.arange(3, dtype=np.float32)})
+    model = arrays_from_numpy({"w": np.ones(10, np.float32)})
+    lossy = Link("down", RandKChannel(0.1), seed=0, exact=frozenset({"stats"}))
+    sent = lossy.send({ARRAYS: model, "stats": stats}, 1, 0)
+    assert sent["stats"] is stats and payload_nbytes(sent[ARRAYS]) == 4 + 8
+    plain = Link("down", IdentityChannel(), seed=0).send({ARRAYS: model}, 1, 0)
+    assert plain[ARRAYS] is model
+
+
+def test_both_ends_hold_the_same_reference() -> None:
+    # float64 arrays, as Flower's FedAdam returns them; RandK scales by d/k = 10/3
+    links = Links(Link("up", SparseChannel(), 0), Link("down", RandKChannel(0.3), 0))
+    glob = {"w": np.random.default_rng(0).normal(size=10)}
+    sent = links.down.send({ARRAYS: arrays_from_numpy(glob)}, 2, 1)
+    _, at_server = links.delivered(sent)
+    got, at_client = links.delivered(sent)
+    # a client that returns what it decoded gets exactly that back at the server
+    back = links.up.receive(links.up.send(got, 2, 1, reference=at_client), reference=at_server)
+    assert np.array_equal(numpy_from_arrays(back[ARRAYS])["w"], at_client[ARRAYS]["w"])
+    assert at_client[ARRAYS]["w"].dtype == np.float32
+    assert np.count_nonzero(at_client[ARRAYS]["w"]) == 3
+
+
 def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
     from fedsim.app import CONFIG_KEY, make_client_app
     from fedsim.conf import to_json
@@ -195,3 +280,37 @@ def test_fedavg_identity_and_lossless_uplink_give_the_same_model(fast_cfg, tmp_p
     mb = torch.load(tmp_path / "b" / "run" / "final_model.pt")
     for k in ma:  # the update travels as a float32 difference: equal up to rounding
         assert torch.allclose(ma[k].double(), mb[k].double(), atol=1e-6), k
+
+
+def test_the_server_keeps_what_each_client_decoded(fast_cfg, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """FedAdam's global arrays are float64; the server's reference of a client's update is
+    the float32 arrays that client decoded from the lossy downlink, not a re-decoding."""
+    from fedsim.client import Client
+    from fedsim.wrap.server import FedsimStrategy
+
+    at_client: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    at_server: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    fit, encode_down = Client.fit, FedsimStrategy._encode_down
+
+    def recording_fit(self, ins):  # type: ignore[no-untyped-def]
+        at_client[(ins.server_round, self.pid)] = numpy_from_arrays(ins.arrays)
+        return fit(self, ins)
+
+    def recording_encode(self, server_round, msg):  # type: ignore[no-untyped-def]
+        out = encode_down(self, server_round, msg)
+        pid = self.ctx.partition_of[msg.metadata.dst_node_id]
+        at_server[(server_round, pid)] = self._received[pid][ARRAYS]
+        return out
+
+    monkeypatch.setattr(Client, "fit", recording_fit)
+    monkeypatch.setattr(FedsimStrategy, "_encode_down", recording_encode)
+    cfg = fast_cfg("strategy=fedadam", "strategy.eta=0.01", "rounds=2", "scenario.num_clients=2",
+                   "train.local_steps=2", "channel.down=randk", "channel.down.ratio=0.3",
+                   "channel.up=sparse")  # fmt: skip
+    _run(cfg, tmp_path)
+    assert sorted(at_client) == sorted(at_server) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for key, arrays in at_client.items():
+        assert at_server[key].keys() == arrays.keys()
+        for k, v in arrays.items():
+            assert at_server[key][k].dtype == v.dtype, (key, k)
+            assert np.array_equal(at_server[key][k], v), (key, k)

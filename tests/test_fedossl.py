@@ -330,6 +330,61 @@ def test_fedossl_refuses_augmentation_that_changes_nothing(fast_cfg) -> None:  #
     assert "\naugment: fraug_digits\n" in (scenarios / "mnist_open_world.yaml").read_text()
 
 
+def test_local_keys_running_statistics_and_a_linear_heads_bias() -> None:
+    """``protocols.fedossl.local_keys``: the server's linear-head model never sends its
+    bias; the clients' cosine head has none; batch-norm statistics stay local."""
+    from clients.fedossl import FedoSSLClient
+    from fedsim.backbones import NormedLinear, bn_running_stat_keys, replace_head
+    from fedsim.config import BackboneConfig
+    from fedsim.modelzoo import initial_model
+    from protocols.fedossl import local_keys
+
+    model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
+    stats = bn_running_stat_keys(model)
+    assert len(stats) == 15  # five BN layers x three statistics
+    assert local_keys(model) == stats | {"head.bias"}  # the server's reference model
+    replace_head(model, NormedLinear(model.feature_dim, 10))
+    assert local_keys(model) == stats  # the clients' cosine head: no bias
+    assert FedoSSLClient.local_keys(model, None) == stats  # type: ignore[arg-type]
+
+
+def test_the_round_trains_on_every_sample_and_only_the_views_augment(
+    fast_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from flwr.app import RecordDict
+
+    from clients.fedossl import FedoSSLClient
+    from fedsim.client import client_env
+    from fedsim.context import context_for
+    from fedsim.payloads import TrainIns
+    from fedsim.records import arrays_from_state
+
+    cfg = fast_cfg(
+        "strategy=fedossl_orca",
+        "scenario=digits_open_world",
+        "train.local_steps=3",
+        "train.batch_size=16",
+    )
+    env = client_env(context_for(cfg))
+    client = FedoSSLClient(env, 0, RecordDict())
+    assert env.augmenter is not None
+    draws: list[int] = []
+    sample = env.augmenter.sample
+
+    def counting(n: int, gen: torch.Generator) -> AugParams:
+        draws.append(n)
+        return sample(n, gen)
+
+    monkeypatch.setattr(env.augmenter, "sample", counting)
+    res = client.fit(TrainIns(arrays_from_state(env.init_state), 1))
+    data = env.fed.client(0)
+    assert data.labeled is not None and 0 < int(data.labeled.sum()) < len(data.y)
+    assert res.num_examples == len(data.y)  # labelled and unlabelled samples
+    assert res.metrics["labeled_fraction"] == pytest.approx(float(data.labeled.float().mean()))
+    # the loss stage draws two views per batch; the loop augments nothing itself
+    assert draws == [16] * 6 and res.metrics["steps"] == 3.0
+
+
 def test_hidden_labels_are_negative_and_recoverable_for_measurement_only() -> None:
     y = torch.tensor([0, 3, 7, 9])
     hidden = hide_labels(y, torch.tensor([True, False, False, True]))

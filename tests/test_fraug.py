@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -35,8 +36,9 @@ from fedsim.runner import execute
 from protocols.fraug import (
     GENERATOR_RECORD,
     FRAugConfig,
-    bn_module_keys,
     lambda_schedule,
+    local_keys,
+    local_train,
     rho_schedule,
 )
 
@@ -207,10 +209,46 @@ def test_entropy_of_uniform_logits_is_log_c() -> None:
     assert float(entropy(torch.zeros(3, 4))) == pytest.approx(math.log(4))
 
 
-def test_bn_module_keys_adds_the_affine_weights() -> None:
-    local = {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"}
-    all_keys = [*local, "bn1.weight", "bn1.bias", "conv1.weight", "bn10.weight"]
-    assert bn_module_keys(local, all_keys) == local | {"bn1.weight", "bn1.bias"}
+def test_local_keys_one_rule_for_both_halves() -> None:
+    """``protocols.fraug.local_keys``: what the client keeps and the server never sends."""
+    from clients.fraug import FRAugClient
+    from fedsim.conf import compose
+
+    model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
+    # five BN layers: three running-statistics tensors each, plus weight and bias
+    code = local_keys(model, FRAugConfig())
+    paper = local_keys(model, FRAugConfig(local_bn="all"))
+    assert (len(code), len(paper)) == (15, 25)
+    assert code == bn_running_stat_keys(model) and paper == bn_state_keys(model)
+    assert paper - code == {f"bn{i}.{w}" for i in range(1, 6) for w in ("weight", "bias")}
+    cfg = compose(["strategy=fraug", "strategy.local_bn=all", "backbone.width=0.25"])
+    assert FRAugClient.local_keys(model, cfg) == paper  # the server asks the client class
+
+
+def test_local_iterations_are_a_declared_override_not_a_patched_config(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    from flwr.app import RecordDict
+
+    from clients.fraug import FRAugClient, FRAugRun
+    from fedsim.client import client_env
+    from fedsim.context import context_for
+    from fedsim.payloads import TrainIns
+    from fedsim.records import arrays_from_state
+
+    train = fast_cfg("strategy=fraug").train
+    assert local_train(train, FRAugConfig(local_iterations=7)).local_steps == 7
+    assert local_train(train, FRAugConfig(local_iterations=0)) is train  # epochs
+    stepped = dataclasses.replace(train, local_steps=2)
+    assert local_train(stepped, FRAugConfig(local_iterations=7)) is stepped  # local_steps wins
+
+    cfg = fast_cfg(*FAST)  # local_iterations=3, train.local_steps=0
+    env = client_env(context_for(cfg))
+    client = FRAugClient(env, 0, RecordDict())
+    ins = TrainIns(arrays_from_state(env.init_state), 1, {})
+    assert isinstance(client.local_run(ins), FRAugRun)
+    assert client.local_run(ins).train.local_steps == 3
+    res = client.fit(ins)
+    assert res.metrics["steps"] == 3.0
+    assert client.cfg.train.local_steps == 0 and env.cfg.train.local_steps == 0
 
 
 def test_prototypes_move_before_the_prototype_anchored_term(

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import MessageType
 
 from fedsim.channels import IdentityChannel, RandKChannel, TopKChannel, make_channel
 from fedsim.config import ProblemConfig
-from fedsim.problems import AdversarialProblem, BilinearVI, make_bilinear, relative_distance
 from protocols.masha_math import (
     anchor,
     error_feedback,
@@ -22,6 +22,12 @@ from protocols.masha_math import (
     masha1_update,
     masha2_update,
     replay,
+)
+from protocols.masha_problems import (
+    AdversarialProblem,
+    BilinearVI,
+    make_bilinear,
+    relative_distance,
 )
 
 SMALL = ("scenario=masha_bilinear", "scenario.num_clients=4", "scenario.problem.dim=10",
@@ -63,7 +69,7 @@ def test_error_feedback_keeps_what_topk_dropped() -> None:
 
 
 def test_bilinear_solution_zeroes_the_operator_and_lipschitz_is_the_jacobian_norm() -> None:
-    problem = make_bilinear(ProblemConfig(kind="bilinear", dim=6, lam=0.5), 3, seed=1)
+    problem = make_bilinear(ProblemConfig(dim=6, lam=0.5), 3, seed=1)
     z_star = problem.solution()
     assert np.linalg.norm(problem.full_operator(z_star)) < 1e-10
     # F is affine: F(z) - F(z') = J (z - z')
@@ -82,7 +88,7 @@ def test_bilinear_solution_zeroes_the_operator_and_lipschitz_is_the_jacobian_nor
 # ----------------------------------------------------------------------------- fedsim runs
 
 
-def _run(cfg, tmp_path: Path):
+def _run(cfg, tmp_path: Path, grid_class: type | None = None):
     from fedsim.app import CONFIG_KEY, make_client_app
     from fedsim.conf import to_json
     from fedsim.runtime.inline import InlineGrid
@@ -96,7 +102,9 @@ def _run(cfg, tmp_path: Path):
         def on_round(self, server_round: int, metrics: dict[str, float]) -> None:
             self.rows.append(dict(metrics))
 
-    grid = InlineGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
+    grid = (grid_class or InlineGrid)(
+        make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)}
+    )
     rows = Rows()
     run_experiment(grid, cfg, tmp_path / "run", callbacks=[rows])
     return grid, rows.rows
@@ -118,7 +126,7 @@ def test_masha_converges_linearly_where_naive_compressed_eg_does_not(
     # every device holds the same z, equal bit for bit to a server mirror of a round ago
     # (a device applies round r's broadcast when round r + 1's message arrives)
     from clients.masha import STATE_KEY
-    from fedsim.problems import server_problem
+    from protocols.masha_task import server_problem
 
     problem = server_problem(cfg)
     zs = [
@@ -157,19 +165,73 @@ def test_masha_bytes_per_round_match_the_protocol(fast_cfg, tmp_path: Path) -> N
     assert rows[-1]["comm/bytes_up_total"] == sum(r["comm/bytes_up"] for r in rows)
 
 
-def test_partial_participation_sends_only_from_sampled_devices(fast_cfg, tmp_path: Path) -> None:
+def test_partial_participation_and_dropouts_reach_exactly_the_selected_devices(
+    fast_cfg, tmp_path: Path
+) -> None:
+    """MASHA sees the participation the wrapper applies, as every algorithm does: each
+    round, step or sync, messages exactly the selected devices that did not drop out, and a
+    device that sat out a round catches up on the server's mirrors when next selected."""
+    from fedsim.participation import ParticipationSampler
+    from fedsim.payloads import TrainIns
+    from fedsim.runtime.inline import InlineGrid
+    from protocols.masha import RESYNC
+
+    sent: dict[int, list[int]] = {}  # round -> devices messaged
+    resynced: dict[int, list[int]] = {}  # round -> devices sent the mirrors
+
+    class Recording(InlineGrid):
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            pid_of = {node: pid for pid, node in self.node_map().items()}
+            for m in messages:
+                if m.metadata.message_type == MessageType.TRAIN:
+                    rnd, pid = (
+                        TrainIns.from_record(m.content).server_round,
+                        pid_of[m.metadata.dst_node_id],
+                    )
+                    sent.setdefault(rnd, []).append(pid)
+                    if RESYNC in m.content.array_records:
+                        resynced.setdefault(rnd, []).append(pid)
+            return super().send_and_receive(messages, timeout=timeout)
+
     cfg = fast_cfg(*SMALL, "strategy=masha1", "channel.up=randk", "channel.up.ratio=0.2",
-                   "scenario.participation.fraction=0.5", "rounds=6")  # fmt: skip
-    _, rows = _run(cfg, tmp_path)
-    for row in rows[1:]:
-        if not row["masha/sync_round"]:
-            assert row["sys/aggregated_clients"] == 2
-            assert row["comm/bytes_up"] == 2 * (4 * 4 + 8)
-    assert rows[-1]["masha/rel_dist"] < 1.0
+                   "scenario.participation.fraction=0.5", "scenario.participation.dropout=0.25",
+                   "rounds=40", "strategy.gamma_c=0.5")  # fmt: skip
+    grid, rows = _run(cfg, tmp_path, Recording)
+    sampler = ParticipationSampler(cfg.scenario.participation, 4, cfg.seed)
+    lagging: set[int] = set()  # who missed a broadcast, as the protocol says
+    for rnd, row in enumerate(rows, 1):
+        plan = sampler.plan(rnd)
+        gone = set(plan.dropped.tolist()) | set(plan.late.tolist())
+        expected = [p for p in plan.selected.tolist() if p not in gone]
+        assert sorted(sent.get(rnd, [])) == sorted(expected), rnd
+        assert sorted(resynced.get(rnd, [])) == sorted(set(expected) & lagging), rnd
+        if not expected:
+            continue  # nobody left: the wrapper skips the round
+        lagging = set(range(4)) - set(expected)
+        assert row["sys/aggregated_clients"] == len(expected)
+        per_device = 4 * 20 if row["masha/sync_round"] else 4 * 4 + 8  # dense F_m(w), or RandK
+        assert row["comm/bytes_up"] == len(expected) * per_device
+    syncs = [r for r, row in enumerate(rows, 1) if row.get("masha/sync_round")]
+    assert any(len(sent.get(r, [])) < 4 for r in syncs)  # sync rounds are sampled too
+    assert sum(len(v) for v in resynced.values()) > 5  # and devices did catch up
+    # the devices of the last round hold the server's z of the round before, bit for bit
+    from clients.masha import STATE_KEY
+    from protocols.masha_task import server_problem
+
+    problem = server_problem(cfg)
+    last = max(sent)
+    for pid in sent[last]:
+        state = grid.context(grid.node_map()[pid]).state
+        z = state.array_records[STATE_KEY]["vectors"].numpy()[0]
+        assert (
+            problem.metrics(z, problem.z0())["masha/rel_dist"] == rows[last - 2]["masha/rel_dist"]
+        )
+    assert rows[-1]["masha/rel_dist"] < 0.5  # consistently: it still converges
 
 
 def test_replay_reproduces_the_fedsim_run(fast_cfg, tmp_path: Path) -> None:
-    from fedsim.problems import server_problem
+    from protocols.masha_task import server_problem
 
     for strategy, ch in (("masha2", "topk"), ("masha1", "randk")):
         cfg = fast_cfg(*SMALL, f"strategy={strategy}", f"channel.up={ch}",
@@ -242,11 +304,11 @@ def test_identity_channels_are_lossless_for_masha_payloads() -> None:
 
 
 def _bilinear(M: int, **kw: float) -> object:
-    return make_bilinear(ProblemConfig(kind="bilinear", dim=8, **kw), M, seed=3)
+    return make_bilinear(ProblemConfig(dim=8, **kw), M, seed=3)
 
 
 def test_similarity_knob_zero_gives_identical_matrices_and_rho_one() -> None:
-    from fedsim.problems import similarity_stats
+    from protocols.masha_problems import similarity_stats
 
     p = _bilinear(5, similarity=0.0, condition=10.0)
     assert all(np.array_equal(p.A[0], p.A[m]) for m in range(5))  # type: ignore[attr-defined]
@@ -326,7 +388,7 @@ def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_p
     for row in after_step:  # <= M k = 4 non-zeros: values + int32 indices, not 20 floats
         assert 0 < row["comm/bytes_down"] <= M * 8 * 4 < M * dense
     # lossless: the replay with a dense downlink decodes the same vectors (same trajectory)
-    from fedsim.problems import server_problem
+    from protocols.masha_task import server_problem
 
     problem = server_problem(cfg)
     rep = replay(problem, "masha1", make_channel(cfg.channel.up), IdentityChannel(),
@@ -337,8 +399,8 @@ def test_sparse_downlink_is_lossless_and_cheaper_at_small_ratios(fast_cfg, tmp_p
 
 
 def test_vectorised_simulation_agrees_with_the_replay(fast_cfg) -> None:
-    from fedsim.problems import server_problem
     from protocols.masha_math import default_gamma, default_tau, simulate
+    from protocols.masha_task import server_problem
 
     for strategy, ch, bi in (("masha2", "topk", False), ("masha2", "topk", True),
                              ("eg", "identity", False), ("masha1", "randk", False)):  # fmt: skip
@@ -380,9 +442,9 @@ def test_readme_has_masha_commands() -> None:
 def test_readme_masha_command_reaches_1e6_replayed(command: str) -> None:
     """Cheap: the command's configuration through the replay (checked against fedsim)."""
     from fedsim.conf import compose
-    from fedsim.problems import server_problem
     from protocols.masha import VARIANTS
     from protocols.masha_math import default_tau, derived_gamma
+    from protocols.masha_task import server_problem
 
     cfg = compose(command.split()[2:])
     variant = VARIANTS[cfg.strategy.name]

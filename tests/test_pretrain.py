@@ -100,7 +100,7 @@ def test_bad_pretrain_input_is_one_line(tmp_path: Path) -> None:
     assert synthetic.returncode == 2
     assert synthetic.stderr.strip().splitlines() == [
         "fedsim: error: scenario: 'masha_bilinear' has no images to pretrain on "
-        "(problem.kind=bilinear); pretraining needs an image scenario (e.g. "
+        "(task=bilinear); pretraining needs an image scenario (e.g. "
         "scenario=mnist_open_world)"
     ]
     folder = fedsim("--out", str(tmp_path), "--epochs", "1")

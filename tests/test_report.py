@@ -7,6 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from fedsim import raster
 from fedsim.report import partition_heatmap, partition_heatmap_array, partition_table
 
 
@@ -96,3 +97,26 @@ def test_heatmap_many_clients_is_capped_in_width(tmp_path):
     assert many.shape == few.shape  # 2000 clients draw no wider than 100
     path = partition_heatmap(partitions, labels, None, None, 10, tmp_path / "h.png")
     assert path.stat().st_size > 0
+
+
+def test_ramp_runs_through_its_three_stops() -> None:
+    colours = raster.ramp(np.array([0.0, 0.5, 1.0]))
+    assert colours.tolist() == [[68, 1, 84], [33, 145, 140], [253, 231, 37]]
+
+
+def test_heat_panel_colours_each_cell_by_its_share_of_the_maximum() -> None:
+    panel = raster.heat_panel(np.array([[0, 2, 4]]), ["a"], ["0", "1", "2"], "t", left=40)
+
+    top, width, height = raster.LINE + 4, 24, 12  # below the title; 3 columns: widest cells
+    centres = [panel[top + height // 2, 40 + c * width + width // 2] for c in range(3)]
+
+    assert [c.tolist() for c in centres] == [[68, 1, 84], [33, 145, 140], [253, 231, 37]]
+
+
+def test_text_is_drawn_from_its_glyphs_at_the_font_scale() -> None:
+    one = np.array([[p == "#" for p in row] for row in [".#.", "##.", ".#.", ".#.", "###"]])
+    scaled = np.repeat(np.repeat(one, raster.SCALE, axis=0), raster.SCALE, axis=1)
+
+    assert np.array_equal(raster.text_mask("1"), scaled)
+    assert raster.text_width("11") == 2 * raster.ADVANCE - raster.SCALE  # no trailing gap
+    assert np.array_equal(raster.text_mask("A"), raster.text_mask("a"))  # capitals only

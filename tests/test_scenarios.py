@@ -45,7 +45,7 @@ README = REPO / "scenarios" / "README.md"
 #: Real-data scenarios small enough for the default suite.
 FAST_REAL = {"office_caltech10"}
 #: Strategies for scenarios that are not classification (FedAvg needs a backbone).
-STRATEGY_FOR_PROBLEM = {"bilinear": "eg"}
+STRATEGY_FOR_TASK = {"bilinear": "eg"}
 #: Tiny budgets: 2 rounds, 2 local steps, a narrow backbone.
 SMALL = ["rounds=2", "backbone.width=0.125", "train.local_steps=2", "progress=false"]
 
@@ -67,14 +67,14 @@ def _scenario(name: str) -> ScenarioConfig:
 
 def _is_embedded(name: str) -> bool:
     s = _scenario(name)
-    return s.problem.kind != "classification" or all(
+    return s.task != "classification" or all(
         src.format == "sklearn_digits" for src in s.dataset.sources
     )
 
 
 def _require_data(s: ScenarioConfig) -> None:
     """Skip (naming the file) when a data file of the scenario is absent."""
-    if s.problem.kind != "classification" or s.dataset.data_root:
+    if s.task != "classification" or s.dataset.data_root:
         return
     for src in s.dataset.sources:
         for rel in (src.train, src.test, src.train_labels, src.test_labels):
@@ -116,7 +116,7 @@ def test_at_least_the_issue_scenarios_are_shipped() -> None:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_shipped_scenario_loads_validates_and_is_documented(name: str) -> None:
-    strategy = STRATEGY_FOR_PROBLEM.get(_scenario(name).problem.kind, "fedavg")
+    strategy = STRATEGY_FOR_TASK.get(_scenario(name).task, "fedavg")
     cfg = compose([f"scenario={name}", f"strategy={strategy}"])
 
     first = scenario_files()[name].read_text().splitlines()[0]
@@ -149,7 +149,7 @@ def test_readme_documents_every_scenario_key() -> None:
 def test_shipped_scenario_runs_two_rounds(name: str, tmp_path: Path) -> None:
     s = _scenario(name)
     _require_data(s)
-    strategy = STRATEGY_FOR_PROBLEM.get(s.problem.kind, "fedavg")
+    strategy = STRATEGY_FOR_TASK.get(s.task, "fedavg")
     cfg = compose([f"scenario={name}", f"strategy={strategy}", f"output_dir={tmp_path}", *SMALL])
 
     record = execute(cfg)
@@ -158,7 +158,7 @@ def test_shipped_scenario_runs_two_rounds(name: str, tmp_path: Path) -> None:
     rows = _metrics(Path(record["run_dir"]))
     assert [r["round"] for r in rows] == [1, 2]
     sampler = ParticipationSampler(s.participation, s.num_clients, cfg.seed)
-    if s.problem.kind != "classification":  # its own strategies and metrics (fedsim.problems)
+    if s.task != "classification":  # its own strategies and metrics (protocols.masha_task)
         return
     for row in rows:  # the run followed the participation the file states
         plan = sampler.plan(int(row["round"]))
@@ -176,7 +176,7 @@ def test_shipped_scenario_runs_two_rounds(name: str, tmp_path: Path) -> None:
 
 
 EMBEDDED = [
-    n for n in SCENARIOS if _is_embedded(n) and _scenario(n).problem.kind == "classification"
+    n for n in SCENARIOS if _is_embedded(n) and _scenario(n).task == "classification"
 ]
 
 

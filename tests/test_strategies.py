@@ -12,7 +12,7 @@ from recording import run_recorded
 from clients.fedprox import FedProxClient, proximal_term
 from fedsim.backbones import bn_state_keys
 from fedsim.client import LOCAL_KEY, client_env
-from fedsim.conf import to_json
+from fedsim.context import context_for
 from fedsim.modelzoo import initial_model
 from fedsim.payloads import TrainIns
 from fedsim.records import arrays_from_state, numpy_from_arrays
@@ -66,7 +66,7 @@ def test_proximal_term_hand_numbers() -> None:
 
 def test_fedprox_term_pulls_the_update_towards_the_global_model(fast_cfg) -> None:  # type: ignore[no-untyped-def]
     cfg = fast_cfg("strategy=fedprox", "train.local_epochs=3")
-    env = client_env(cfg, to_json(cfg))
+    env = client_env(context_for(cfg))
     global_arrays = arrays_from_state(env.init_state)
     params = {
         name for name, _ in env.model.named_parameters()
@@ -84,3 +84,26 @@ def test_fedprox_term_pulls_the_update_towards_the_global_model(fast_cfg) -> Non
     assert d0 > 0
     assert d_big < 0.5 * d0  # a strong proximal term keeps the weights near the global ones
     assert d_small != d0  # even a small mu changes the update
+
+
+def test_scaffold_round_keeps_c_i_plus_and_sends_its_change(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    """Option II with ``c = c_i = 0`` (round 1): ``c_i+ = (x - y) / (K lr)``, kept in the
+    client's state and sent as ``c_i+ - c_i``; the loss stage's correction is zero."""
+    from flwr.app import RecordDict
+
+    from clients.scaffold import ScaffoldClient
+    from protocols.scaffold import DELTA_RECORD, STATE_KEY
+
+    cfg = fast_cfg("strategy=scaffold", "train.local_steps=2", "train.lr=0.1")
+    env = client_env(context_for(cfg))
+    client = ScaffoldClient(env, 0, RecordDict())
+    res = client.fit(TrainIns(arrays_from_state(env.init_state), 1))
+    y = numpy_from_arrays(res.arrays)
+    delta = numpy_from_arrays(res.extra[DELTA_RECORD])
+    trainable = {n for n, p in env.model.named_parameters() if p.requires_grad}
+    assert set(delta) == trainable and res.metrics["steps"] == 2.0
+    for k, d in delta.items():
+        expected = (env.init_state[k].numpy() - y[k]) / (2 * 0.1)
+        np.testing.assert_allclose(d, expected, rtol=1e-4, atol=1e-5)
+    kept = numpy_from_arrays(client.state.array_records[STATE_KEY])
+    assert all(np.array_equal(kept[k], delta[k]) for k in delta)  # c_i was zero

@@ -8,7 +8,8 @@ other one (as Flower's differential-privacy strategies do) and adds, once for al
   decides who trains; the wrapped strategy sees a grid (:class:`NodeView`) that lists
   exactly those clients, so Flower's own samplers (``fraction_train=1``) take them all;
 * keys that stay on the clients: never sent, never aggregated;
-* the channels (``channel.up`` / ``channel.down``, :mod:`fedsim.channels`): every
+* the channels (``channel.up`` / ``channel.down``): the server's end of the run's links
+  (:func:`fedsim.channels.links_for`, the objects the client mod uses too).  Every
   floating-point array record of a training message is encoded per client on the
   downlink; on the uplink a record the client also received travels as the *update*
   ``sent - received`` (decoded and added back here), any other record uncompressed.  With
@@ -18,7 +19,14 @@ other one (as Flower's differential-privacy strategies do) and adds, once for al
 * per-round system statistics (``sys/...``) and the evaluation summary.
 
 Algorithms that *are* a compression method (MASHA: ``AlgorithmSpec.native_channels``)
-apply the channels themselves; their messages pass through unencoded.
+apply the same links themselves; their messages pass through unencoded.
+
+The wrapper calls the algorithm through its declared contract,
+:class:`fedsim.strategy.Algorithm`, found by type (:func:`algorithm_of`, also inside
+Flower's differential-privacy wrappers; Flower's own strategies get
+:class:`FlowerAlgorithm`'s defaults), never by probing attribute names.  It keeps the
+round's global arrays once, in ``ctx.global_arrays``, which the algorithm reads too, and
+completes an aggregate with the keys the algorithm did not aggregate.
 """
 
 from __future__ import annotations
@@ -34,13 +42,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedsim.aggregate import is_finite_update, update_norm
-from fedsim.channels import make_channel
+from fedsim.channels import Links, links_for
 from fedsim.participation import ParticipationSampler
 from fedsim.payloads import ARRAYS, EvalRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
-from fedsim.strategy import ServerContext
-from fedsim.wrap.state import flower_state, load_flower_state
+from fedsim.strategy import Algorithm, ServerContext
+from fedsim.wrap.state import flower_state, load_flower_state, wrapped_strategy
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,31 @@ class NodeView(Grid):
         return self._grid.send_and_receive(messages, *a, **k)
 
 
-def _stream(record_name: str) -> str:
-    """The seed stream of a record's codec (``arrays`` keeps the historic name)."""
-    return "" if record_name == ARRAYS else f"/{record_name}"
+class FlowerAlgorithm(Algorithm):
+    """fedsim's contract for a Flower strategy that does not implement it (FedAdam, Krum,
+    ...): the defaults, and on the wire only the floating-point arrays that are not local
+    (Flower's maths casts integer buffers such as BatchNorm's ``num_batches_tracked`` to
+    float; the clients keep their own).  Their state is :mod:`fedsim.wrap.state`'s."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def shared(self, arrays: ArrayRecord) -> ArrayRecord:
+        local = self.ctx.local_keys
+        return ArrayRecord(
+            {
+                k: v
+                for k, v in arrays.items()
+                if k not in local and np.issubdtype(np.dtype(v.dtype), np.floating)
+            }
+        )
+
+
+def algorithm_of(inner: FlowerStrategy, ctx: ServerContext) -> Algorithm:
+    """The algorithm inside ``inner`` (inside Flower's differential-privacy wrappers, if
+    any), or the defaults for a Flower strategy."""
+    core = wrapped_strategy(inner)
+    return core if isinstance(core, Algorithm) else FlowerAlgorithm(ctx)
 
 
 class FedsimStrategy(FlowerStrategy):
@@ -92,8 +122,6 @@ class FedsimStrategy(FlowerStrategy):
         ctx: ServerContext,
         sampler: ParticipationSampler,
         *,
-        native_channels: bool = False,
-        exact_records: tuple[str, ...] = (),
         byzantine: frozenset[int] = frozenset(),
         max_update_norm: float = 1e6,
     ) -> None:
@@ -102,76 +130,39 @@ class FedsimStrategy(FlowerStrategy):
         self.sampler = sampler
         self.byzantine = byzantine
         self.max_update_norm = max_update_norm
-        cfg = ctx.cfg.channel
-        self.up = make_channel(cfg.up)
-        self.down = make_channel(cfg.down)
-        self.native = native_channels
-        self.exact = frozenset(exact_records)
-        self.coded = not native_channels and not (
-            self.up.name == "identity" and self.down.name == "identity"
-        )
+        self.links: Links = links_for(ctx.cfg)  # the algorithm's spec: native, exact records
+        self.algorithm = algorithm_of(inner, ctx)
         self.stats: dict[str, float] = {}
-        self._global: dict[str, np.ndarray] = {}
         self._received: dict[int, dict[str, dict[str, np.ndarray]]] = {}  # pid -> record -> arrays
 
-    # ------------------------------------------------------------------ delegation
-    def _hook(self, name: str) -> Any:
-        """``name`` of the wrapped strategy, or of the one a Flower DP wrapper wraps."""
-        obj: Any = self.inner
-        while obj is not None:
-            if hasattr(obj, name):
-                return getattr(obj, name)
-            obj = getattr(obj, "strategy", None)
-        return None
-
+    # ------------------------------------------------------------------ the contract
     @property
     def has_global_model(self) -> bool:
-        return bool(self._hook("has_global_model") is not False)
+        return self.algorithm.has_global_model
 
     def initial_arrays(self) -> ArrayRecord | None:
-        hook = self._hook("initial_arrays")
-        return hook() if callable(hook) else None
+        return self.algorithm.initial_arrays()
 
     def check_initial(self, arrays: ArrayRecord) -> None:
         """The algorithm's checks that need the initial arrays (run at preflight)."""
-        hook = self._hook("check_initial")
-        if callable(hook):
-            hook(arrays)
+        self.algorithm.check_initial(arrays)
 
     def shared(self, arrays: ArrayRecord) -> ArrayRecord:
-        """What goes on the wire: all but the local keys; for Flower's own strategies
-        only the floating-point arrays (their maths casts integer buffers such as
-        BatchNorm's ``num_batches_tracked`` to float; the clients keep their own)."""
-        hook = self._hook("shared")
-        if callable(hook):
-            return hook(arrays)
-        local = self.ctx.local_keys
-        return ArrayRecord(
-            {
-                k: v
-                for k, v in arrays.items()
-                if k not in local and np.issubdtype(np.dtype(v.dtype), np.floating)
-            }
-        )
+        return self.algorithm.shared(arrays)
 
     def round_metrics(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        hook = self._hook("round_metrics")
-        return hook(server_round, arrays) if callable(hook) else {}
+        return self.algorithm.round_metrics(server_round, arrays)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The algorithm's ``state_dict`` plus what Flower's strategies keep in attributes
-        (moments, momentum, an adaptive clipping norm: :mod:`fedsim.wrap.state`)."""
+        (moments, momentum, a clipping norm: :mod:`fedsim.wrap.state`)."""
         out = flower_state(self.inner)
-        hook = self._hook("state_dict")
-        if callable(hook):
-            out.update(hook())
+        out.update(self.algorithm.state_dict())
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         load_flower_state(self.inner, state)
-        hook = self._hook("load_state_dict")
-        if callable(hook):
-            hook(state)
+        self.algorithm.load_state_dict(state)
 
     def summary(self) -> None:
         self.inner.summary()
@@ -184,7 +175,7 @@ class FedsimStrategy(FlowerStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         plan = self.sampler.plan(server_round)
-        self._global = numpy_from_arrays(arrays)
+        self.ctx.global_arrays = numpy_from_arrays(arrays)
         gone = set(plan.dropped.tolist()) | set(plan.late.tolist())
         sent = [p for p in plan.selected.tolist() if p not in gone]
         nodes = self._nodes(sent)
@@ -204,7 +195,7 @@ class FedsimStrategy(FlowerStrategy):
                 server_round, self.shared(arrays), config, NodeView(grid, nodes)
             )
         )
-        if not self.coded:
+        if not self.links.coded:
             return out
         self._received = {}
         return [self._encode_down(server_round, m) for m in out]
@@ -212,18 +203,11 @@ class FedsimStrategy(FlowerStrategy):
     def _encode_down(self, server_round: int, msg: Message) -> Message:
         """One client's message through ``channel.down``; remember what it decodes."""
         pid = self.ctx.partition_of[msg.metadata.dst_node_id]
+        sent = self.links.down.send(msg.content.array_records, server_round, pid)
+        _, self._received[pid] = self.links.delivered(sent)
         content = RecordDict(dict(msg.content.items()))
-        decoded: dict[str, dict[str, np.ndarray]] = {}
-        for name, record in msg.content.array_records.items():
-            plain = numpy_from_arrays(record)
-            decoded[name] = plain
-            if self.down.name != "identity" and name not in self.exact:
-                rng = derive_rng(
-                    self.ctx.cfg.seed, f"channel/down{_stream(name)}", server_round, pid
-                )
-                content[name] = self.down.encode(plain, rng)
-                decoded[name] = self.down.decode(content[name], plain)  # type: ignore[arg-type]
-        self._received[pid] = decoded
+        for name, record in sent.items():
+            content[name] = record
         return Message(
             content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type
         )
@@ -240,37 +224,27 @@ class FedsimStrategy(FlowerStrategy):
         )
         decoded = copy.copy(msg)
         decoded.__dict__["_content"] = content
-        if not self.coded or self.up.name == "identity":
+        if not self.links.coded or self.links.up.verbatim:
             return decoded
-        refs = self._received.get(pid, {})
-        for name, record in msg.content.array_records.items():
-            if name in self.exact:
-                continue
-            ref = refs.get(name)
-            if ref is None:
-                continue  # the client had no reference for it: sent as it is
-            delta = self.up.decode(record, ref)
-            content[name] = arrays_from_numpy(
-                {
-                    k: (ref[k] + d).astype(ref[k].dtype)
-                    if k in ref and np.issubdtype(d.dtype, np.floating)
-                    else d
-                    for k, d in delta.items()
-                }
-            )
+        travelled = dict(msg.content.array_records)
+        received = self.links.up.receive(travelled, reference=self._received.get(pid, {}))
+        for name, record in received.items():
+            if record is not travelled[name]:  # decoded; the others stay the copies above
+                content[name] = record
         return decoded
 
     def _usable(self, server_round: int, pid: int, msg: Message) -> bool:
         """False (and logged) for replies with non-finite values or an absurd update."""
         records = {n: numpy_from_arrays(r) for n, r in msg.content.array_records.items()}
         model = records.pop(ARRAYS, {})
-        norm = update_norm(model, self._global)  # non-finite if any NaN/Inf it covers
+        current = self.ctx.global_arrays
+        norm = update_norm(model, current)  # non-finite if any NaN/Inf it covers
         rest = {f"{n}/{k}": v for n, arrs in records.items() for k, v in arrs.items()}
-        rest.update({k: v for k, v in model.items() if k not in self._global})
+        rest.update({k: v for k, v in model.items() if k not in current})
         if not np.isfinite(norm) or not is_finite_update(rest):
             log.warning("round %d: client %d sent non-finite values; rejected", server_round, pid)
             return False
-        if self.native:
+        if self.links.native:
             return True  # not a model update (MASHA's operators): finiteness is the check
         if norm > self.max_update_norm:
             log.warning(
@@ -326,8 +300,8 @@ class FedsimStrategy(FlowerStrategy):
         arrays, metrics = self.inner.aggregate_train(server_round, [m for _, m in accepted])
         if arrays is None:
             return None, metrics
-        self.stats.update(self._hook("stats") or {})  # the algorithm's own sys/ counters
-        merged = dict(self._global)
+        self.stats.update(self.algorithm.round_stats())
+        merged = dict(self.ctx.global_arrays)  # the keys the algorithm did not aggregate
         merged.update(numpy_from_arrays(arrays))
         return arrays_from_numpy(merged), metrics
 

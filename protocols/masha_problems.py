@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.config import ProblemConfig, RunConfig
+from fedsim.config import ProblemConfig
 from fedsim.seeding import derive_rng
 
 DELTA_KEY = "adv.delta"  # the maximising player's array in AdversarialProblem
@@ -174,21 +174,6 @@ def similarity_stats(problem: BilinearProblem) -> dict[str, float]:
         "L_m_max": float(np.max(Lm)),
         "rho": float(np.mean(Lm**2) / L**2),
     }
-
-
-_BILINEAR: dict[str, BilinearProblem] = {}
-
-
-def bilinear_for(cfg: ProblemConfig, num_clients: int, seed: int) -> BilinearProblem:
-    """The bilinear problem of a run, built once per process."""
-    key = (
-        f"{cfg.dim}/{cfg.lam}/{cfg.scale}/{cfg.noise}/{cfg.similarity}/{cfg.condition}/"
-        f"{num_clients}/{seed}"
-    )
-    if key not in _BILINEAR:
-        _BILINEAR.clear()
-        _BILINEAR[key] = make_bilinear(cfg, num_clients, seed)
-    return _BILINEAR[key]
 
 
 def relative_distance(z: np.ndarray, z0: np.ndarray, z_star: np.ndarray) -> float:
@@ -366,53 +351,3 @@ class AdversarialVI:
             "eval/adv_acc": self.adv.accuracy(z, x, y, adv=True),
             "eval/adv_acc_refit": self.adv.fresh_attack(z, x, y),
         }
-
-
-VIProblem = BilinearVI | AdversarialVI
-
-
-_BILINEAR_VI: list[BilinearVI] = []
-
-
-def _bilinear_vi(cfg: RunConfig) -> BilinearVI:
-    """The run's bilinear problem with its solution, built once per process."""
-    problem = bilinear_for(cfg.scenario.problem, cfg.scenario.num_clients, cfg.seed)
-    if not _BILINEAR_VI or _BILINEAR_VI[0].problem is not problem:
-        _BILINEAR_VI[:] = [BilinearVI(problem)]
-    return _BILINEAR_VI[0]
-
-
-def server_problem(cfg: RunConfig) -> VIProblem:
-    """The problem of a run as the server needs it (solution, test set, metrics)."""
-    if cfg.scenario.problem.kind == "bilinear":
-        return _bilinear_vi(cfg)
-    from fedsim.federation import load_federation
-    from fedsim.modelzoo import initial_model
-
-    fed = load_federation(cfg.scenario, cfg.seed)
-    model = initial_model(cfg.backbone, fed.data.input_shape, fed.data.num_classes, cfg.seed)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    s = cfg.strategy
-    return AdversarialVI(
-        model,
-        init,
-        fed.data.input_shape,
-        float(getattr(s, "epsilon", 0.3)),
-        int(getattr(s, "batch_size", 32)),
-        fed,
-    )
-
-
-def client_problem(cfg: RunConfig, env: object) -> VIProblem:
-    """The problem as a device needs it (its operator); ``env`` is a ClientEnv."""
-    if cfg.scenario.problem.kind == "bilinear":
-        return _bilinear_vi(cfg)
-    s = cfg.strategy
-    return AdversarialVI(
-        env.model,  # type: ignore[attr-defined]
-        env.init_state,  # type: ignore[attr-defined]
-        env.fed.data.input_shape,  # type: ignore[attr-defined]
-        float(getattr(s, "epsilon", 0.3)),
-        int(getattr(s, "batch_size", 32)),
-        env.fed,  # type: ignore[attr-defined]
-    )
