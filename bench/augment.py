@@ -72,9 +72,9 @@ def contenders(batch: int) -> dict[str, tuple[Callable[[], object], int]]:
     import torch
     import torch.nn.functional as F
 
-    from fedsim.augment import build_augmenter
-    from fedsim.backbones import build_backbone
     from fedsim.config import AugmentConfig, BackboneConfig
+    from fedsim.data.augment import build_augmenter
+    from fedsim.models.backbones import build_backbone
 
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
@@ -210,7 +210,7 @@ def report(
         )
         if all(r > 1 for r in ratios):
             lines.append(
-                "Chosen: fedsim's own plain-torch ops (`fedsim/augment.py`): faster than kornia "
+                "Chosen: fedsim's own plain-torch ops (`fedsim/data/augment.py`): faster than kornia "
                 "on every recipe here, no new dependency, randomness from the caller's "
                 "generator, and drawing split from applying so that several clients' batches "
                 "are augmented in one call."

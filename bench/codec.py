@@ -18,9 +18,9 @@ import numpy as np
 from flwr.app import Array
 
 from bench.compare_runtimes import machine
-from fedsim.aggregate import update_norm
+from fedsim.algorithms.aggregate import update_norm
 from fedsim.config import BackboneConfig
-from fedsim.modelzoo import initial_model
+from fedsim.models.modelzoo import initial_model
 from fedsim.records import from_array, to_array
 
 

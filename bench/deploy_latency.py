@@ -62,8 +62,8 @@ def round_times(run_dir: Path) -> list[float]:
 
 
 def inline_times(out: Path, rounds: int) -> list[float]:
-    from fedsim.conf import compose
-    from fedsim.runner import execute
+    from fedsim.engine.conf import compose
+    from fedsim.engine.runner import execute
 
     rec = execute(compose([*WORKLOAD, f"rounds={rounds}", f"output_dir={out}"]))
     return round_times(Path(rec["run_dir"]))

@@ -158,7 +158,7 @@ import_check() {
 import importlib
 import sys
 
-for name in ("fedsim", "flwr", "hydra", "omegaconf", "fedsim.runner", "fedsim.report", "pytest"):
+for name in ("fedsim", "flwr", "hydra", "omegaconf", "fedsim.engine.runner", "fedsim.tracking.report", "pytest"):
     try:
         importlib.import_module(name)
     except Exception as e:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsim.algorithms.training import evaluate_model, make_optimizer, train_local
 from fedsim.config import RunConfig
-from fedsim.federation import load_federation
-from fedsim.modelzoo import initial_model, resolve_device
-from fedsim.participation import ParticipationSampler
+from fedsim.data.federation import load_federation
+from fedsim.data.participation import ParticipationSampler
+from fedsim.models.modelzoo import initial_model, resolve_device
 from fedsim.seeding import torch_generator
-from fedsim.training import evaluate_model, make_optimizer, train_local
 
 
 @dataclass

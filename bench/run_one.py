@@ -22,7 +22,7 @@ T_START = time.perf_counter()
 def main() -> None:
     job, mode, *extra = sys.argv[1:]
     from bench.jobs import JOBS
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     out = tempfile.mkdtemp(prefix="fedsim-bench-")
     overrides = [*JOBS[job], f"output_dir={out}", "progress=false", *extra]
@@ -34,7 +34,7 @@ def main() -> None:
         res = run_plain(cfg)
         result.update(loop_s=res.loop_s, final_acc=res.final_acc, global_acc=res.global_acc)
     else:
-        from fedsim.runner import execute
+        from fedsim.engine.runner import execute
 
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         runtime = (

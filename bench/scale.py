@@ -38,13 +38,13 @@ partition: {{kind: iid}}
 participation: {{clients_per_round: 100}}
 evaluation: {{holdout_fraction: 0.0, fraction: 0.0, global_test: false}}
 """)
-from fedsim.conf import compose
-from fedsim.federation import load_federation
+from fedsim.engine.conf import compose
+from fedsim.data.federation import load_federation
 cfg = compose([f"scenario={scn}", "backbone=logreg", f"rounds={rounds}", "train.batch_size=2",
                f"output_dir={out}/runs", "progress=false", f"eval_every={rounds}", *extra])
 load_federation(cfg.scenario, cfg.seed)
 rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from fedsim.runner import execute
+from fedsim.engine.runner import execute
 rec = execute(cfg)
 rows = [json.loads(l) for l in open(Path(rec["run_dir"]) / "metrics.jsonl")]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

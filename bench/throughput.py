@@ -65,8 +65,8 @@ def run_fedsim(ns: argparse.Namespace) -> dict[str, float]:
         rows = [
             json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
         ]
-        from fedsim.conf import compose
-        from fedsim.federation import load_federation
+        from fedsim.data.federation import load_federation
+        from fedsim.engine.conf import compose
 
         cfg = compose(overrides(ns, out))
         fed = load_federation(cfg.scenario, cfg.seed)
@@ -78,12 +78,12 @@ def run_plain(ns: argparse.Namespace) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from fedsim.augment import build_augmenter
-    from fedsim.conf import compose
-    from fedsim.federation import load_federation
-    from fedsim.modelzoo import initial_model
+    from fedsim.algorithms.training import batches
+    from fedsim.data.augment import build_augmenter
+    from fedsim.data.federation import load_federation
+    from fedsim.engine.conf import compose
+    from fedsim.models.modelzoo import initial_model
     from fedsim.seeding import torch_generator
-    from fedsim.training import batches
 
     torch.set_num_threads(1)
     cfg = compose(overrides(ns, tempfile.gettempdir()))

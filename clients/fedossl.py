@@ -2,7 +2,7 @@
 ``strategies.fedossl``).
 
 The local objective of one mini-batch (spec §3), the loss stage of the client's round
-(:class:`FedoSSLRun`, a :class:`fedsim.client.LocalRun` run by the shared training loop;
+(:class:`FedoSSLRun`, a :class:`fedsim.algorithms.client.LocalRun` run by the shared training loop;
 ``y < 0`` marks samples whose label is hidden; the hidden class ``c`` is carried as
 ``-1 - c`` for *measurement only* — the pseudo-label accuracy — and never enters a loss):
 
@@ -20,9 +20,9 @@ The local objective of one mini-batch (spec §3), the loss stage of the client's
   ``w_c = beta^(1 - N_c / N_max)`` (:func:`protocols.fedossl_math.suppression_weights`).
 
 The two views of a batch come from the shared augmenter (``train.augment``,
-:mod:`fedsim.augment`; the scenario's ``augment`` when no recipe is given): view 1's
+:mod:`fedsim.data.augment`; the scenario's ``augment`` when no recipe is given): view 1's
 ``sample``/``apply``, then view 2's, both drawing from the client's augmentation stream of
-the round (:meth:`fedsim.client.Client.augment_generator`).  The official code always
+the round (:meth:`fedsim.algorithms.client.Client.augment_generator`).  The official code always
 augments, so a run whose ``train.augment`` changes nothing is refused at load
 (:func:`protocols.fedossl.validate_fedossl`) instead of training on two identical views.
 The random partners of labelled samples draw from a stream of their own
@@ -57,17 +57,17 @@ import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.augment import Augmenter
-from fedsim.backbones import Backbone, NormedLinear, replace_head
-from fedsim.client import Client, ClientEnv, LocalResult, LocalRun
+from fedsim.algorithms.client import Client, ClientEnv, LocalResult, LocalRun
+from fedsim.algorithms.payloads import EvalIns, EvalRes
+from fedsim.algorithms.training import BatchOut, TrainStats
 from fedsim.config import RunConfig
+from fedsim.data.augment import Augmenter
+from fedsim.data.federation import Federation
+from fedsim.data.openworld import ClassRoles, class_roles, open_world_metrics
 from fedsim.errors import ConfigError
-from fedsim.federation import Federation
-from fedsim.openworld import ClassRoles, class_roles, open_world_metrics
-from fedsim.payloads import EvalIns, EvalRes
+from fedsim.models.backbones import Backbone, NormedLinear, replace_head
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_rng, torch_generator
-from fedsim.training import BatchOut, TrainStats
 from protocols.fedossl import (
     LOCAL_RECORD,
     CentroidsPayload,

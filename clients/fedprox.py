@@ -2,14 +2,15 @@
 ``(mu / 2) * ||w - w_global||^2``, with ``mu`` sent by the server each round.
 
 The proximal term is declared by the round's setup (``prox_mu`` / ``prox_ref`` of the
-:class:`fedsim.client.LocalRun`), not a loss stage, so the shared loop adds it in both the
+:class:`fedsim.algorithms.client.LocalRun`), not a loss stage, so the shared loop adds it in both
+the
 sequential and the vectorised form.
 """
 
 from __future__ import annotations
 
-from fedsim.client import Client, LocalRun
-from fedsim.training import proximal_term
+from fedsim.algorithms.client import Client, LocalRun
+from fedsim.algorithms.training import proximal_term
 from protocols.fedprox import MU_KEY
 
 __all__ = ["FedProxClient", "FedProxRun", "proximal_term"]

@@ -4,7 +4,7 @@ with a shared generator and a local RTNet.
 Per local iteration, on the batch ``(x, y)`` (spec §4, ``strategies.fraug`` for the
 server side and the paper-vs-code switches):
 
-(a) model step, through the shared training loop (``fedsim.training``):
+(a) model step, through the shared training loop (``fedsim.algorithms.training``):
     ``(1 - lam_t) CE(h(g(x)), y) + lam_t / 2 [CE(h(e_proto), y_cyc) + CE(h(e_real), y)]``
     with synthetic embeddings built without gradient (they only train the head ``h``);
     the class prototypes' EMA update comes first, on this batch's embedding, so
@@ -13,7 +13,7 @@ server side and the paper-vs-code switches):
 (c) RTNet step (model, G in eval mode): for the prototype- and the real-anchored branch,
     ``-H(softmax(h(a + T(G(z, y), y)))) + lam_RT Dist_RT(a + T(...), a)``, averaged.
 
-The round is a :class:`fedsim.client.LocalRun` (:class:`FRAugRun`): its setup builds the
+The round is a :class:`fedsim.algorithms.client.LocalRun` (:class:`FRAugRun`): its setup builds the
 generator, the RTNet, the prototypes and their optimizers; the loop computes each batch's
 embedding and logits itself (``forward="features"``) and hands them to the loss stage,
 step (a); the after-step runs (b) and (c) on that batch; finish keeps the private parts
@@ -21,7 +21,7 @@ and sends the generator.  The amount of local work is the declared
 :func:`protocols.fraug.local_train` (``local_iterations``), not a patched configuration.
 
 Persistent client state (``context.state``), besides ``fedsim.local`` (BN running
-statistics, or all BN tensors with ``strategy.local_bn=all``) and ``fedsim.optim``:
+statistics, or all BN tensors with ``strategy.local_bn=all``) and ``fedsim.algorithms.optim``:
 
 * ``fraug.rtnet`` — the RTNet's state dict (never sent);
 * ``fraug.prototypes`` — ``mu`` (``C x D`` EMA class prototypes; never sent);
@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.backbones import Backbone
-from fedsim.client import Client, LocalResult, LocalRun
+from fedsim.algorithms.client import Client, LocalResult, LocalRun
+from fedsim.algorithms.payloads import TrainIns
+from fedsim.algorithms.training import BatchOut, TrainStats
 from fedsim.config import RunConfig, TrainConfig
-from fedsim.payloads import TrainIns
+from fedsim.models.backbones import Backbone
 from fedsim.records import arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator
-from fedsim.training import BatchOut, TrainStats
 from protocols.fraug import (
     LAMBDA_KEY,
     RHO_KEY,

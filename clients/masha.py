@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedsim.channels import IdentityChannel, links_for
-from fedsim.client import Client
-from fedsim.payloads import EvalIns, EvalRes, TrainIns, TrainRes
+from fedsim.algorithms.channels import IdentityChannel, links_for
+from fedsim.algorithms.client import Client
+from fedsim.algorithms.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import torch_generator
 from protocols.masha import VARIANTS, MashaIns

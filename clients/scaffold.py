@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.client import Client, LocalResult, LocalRun
+from fedsim.algorithms.client import Client, LocalResult, LocalRun
+from fedsim.algorithms.training import BatchOut, TrainStats
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
-from fedsim.training import BatchOut, TrainStats
 from protocols.scaffold import CONTROL_RECORD, DELTA_RECORD, STATE_KEY
 
 

@@ -79,9 +79,9 @@ def run(
         A bad key or value, a missing data file, a complete run in the way (pass
         ``overwrite=True``): the message the CLI would print.
     """
-    from fedsim.conf import compose, sweep_values
-    from fedsim.context import context_for
-    from fedsim.runner import execute
+    from fedsim.engine.conf import compose, sweep_values
+    from fedsim.engine.context import context_for
+    from fedsim.engine.runner import execute
 
     extra = dict(keys)
     if strategy is not None:

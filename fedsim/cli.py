@@ -3,7 +3,7 @@
 ``fedsim run [key=value ...]`` composes the configuration with Hydra (``--help``,
 ``--cfg job`` and ``-m`` multirun sweeps work as in any Hydra app) and runs it;
 ``fedsim partition scenario=X`` prints and draws a scenario's partition; ``fedsim compare
-DIR`` tabulates and plots the runs of a sweep (:mod:`fedsim.compare`).  User errors
+DIR`` tabulates and plots the runs of a sweep (:mod:`fedsim.analysis.compare`).  User errors
 print one line and exit with status 2; no traceback.
 """
 
@@ -93,14 +93,14 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _swept_keys(overrides: list[str]) -> set[str]:
-    from fedsim.conf import sweep_values
+    from fedsim.engine.conf import sweep_values
 
     return {key.lstrip("+~") for key, _ in sweep_values(overrides).values()}
 
 
 def _is_complete(cfg: Any) -> bool:
-    from fedsim.paths import run_dir_for
-    from fedsim.tracking import read_status
+    from fedsim.config.paths import run_dir_for
+    from fedsim.tracking.callbacks import read_status
 
     return read_status(run_dir_for(cfg)) == "complete"
 
@@ -115,7 +115,9 @@ def cmd_run(args: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
-    from fedsim.conf import (
+    from fedsim.config import RunConfig
+    from fedsim.config.paths import run_dir_for
+    from fedsim.engine.conf import (
         PRIMARY,
         _path_scenarios,
         _rewrite_scenario,
@@ -127,8 +129,6 @@ def cmd_run(args: list[str]) -> int:
         selected_scenarios,
         to_plain,
     )
-    from fedsim.config import RunConfig
-    from fedsim.paths import run_dir_for
 
     flags, overrides = _split(args)
     composed: RunConfig | None = None
@@ -167,17 +167,17 @@ def cmd_run(args: list[str]) -> int:
                 done = run_dir_for(cfg)
                 print(f"fedsim: skipping {done}: already complete (overwrite=true redoes it)")
                 return float("nan")
-            from fedsim.launchers import limit_job_threads
+            from fedsim.engine.launchers import limit_job_threads
 
             limit_job_threads(cfg)  # parallel launchers (hydra/launcher=joblib)
-            from fedsim.runner import execute  # torch, Flower: not for --help
+            from fedsim.engine.runner import execute  # torch, Flower: not for --help
 
             record = execute(cfg)
         except UserError as e:
             sys.exit(_fail(str(e), e.exit_code))
         final = record.get("final", {})
         acc = final.get("eval/acc")
-        from fedsim.task import describe
+        from fedsim.algorithms.task import describe
 
         what = f"{cfg.strategy.name} on {cfg.scenario.name} (seed {cfg.seed})"
         print(f"fedsim: {what}: {describe(final, cfg)}")
@@ -206,9 +206,9 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_partition(args: list[str]) -> int:
-    from fedsim.conf import compose
-    from fedsim.federation import load_federation
-    from fedsim.report import partition_heatmap, partition_table
+    from fedsim.data.federation import load_federation
+    from fedsim.engine.conf import compose
+    from fedsim.tracking.report import partition_heatmap, partition_table
 
     try:
         cfg = compose([a for a in args if "=" in a])
@@ -226,13 +226,13 @@ def cmd_partition(args: list[str]) -> int:
 
 
 def cmd_compare(args: list[str]) -> int:
-    from fedsim.compare import main as compare_main
+    from fedsim.analysis.compare import main as compare_main
 
     return compare_main(args)
 
 
 def cmd_tune(args: list[str]) -> int:
-    from fedsim.tune import main as tune_main
+    from fedsim.analysis.tune import main as tune_main
 
     return tune_main(args)
 
@@ -253,10 +253,10 @@ def cmd_resume(args: list[str]) -> int:
     """``fedsim resume <run_dir> [rounds=N]``: continue from the run's last checkpoint."""
     import json
 
-    from fedsim.conf import from_plain, register_configs
+    from fedsim.engine.conf import from_plain, register_configs
+    from fedsim.engine.runner import execute
     from fedsim.errors import CheckpointError
-    from fedsim.runner import execute
-    from fedsim.tracking import STATUS_FILE
+    from fedsim.tracking.callbacks import STATUS_FILE
 
     if not args or "=" in args[0]:
         return _fail("usage: fedsim resume <run_dir> [rounds=N]")
@@ -278,7 +278,7 @@ def cmd_resume(args: list[str]) -> int:
     expected = Path(plain["output_dir"])
     try:
         cfg = from_plain({**plain, "resume": True})
-        from fedsim.paths import run_dir_for
+        from fedsim.config.paths import run_dir_for
 
         if run_dir_for(cfg).resolve() != run_dir.resolve():
             raise CheckpointError(

@@ -87,7 +87,7 @@ def validate(pc: PretrainConfig, cfg: RunConfig) -> None:
     )
     need(pc.proj_dim >= 1, f"pretrain --proj-dim: must be >= 1, got {pc.proj_dim}")
     need(pc.max_images >= 0, f"pretrain --max-images: must be >= 0, got {pc.max_images}")
-    from fedsim.task import task_of
+    from fedsim.algorithms.task import task_of
 
     need(
         task_of(cfg).trains_network,
@@ -105,7 +105,7 @@ def pooled_images(cfg: RunConfig) -> tuple[torch.Tensor, Any]:
     """Every client's training images (not held-out, validation or test), no labels."""
     import numpy as np
 
-    from fedsim.federation import load_federation
+    from fedsim.data.federation import load_federation
 
     fed = load_federation(cfg.scenario, cfg.seed)
     idx = np.sort(np.concatenate(fed.train_parts)) if fed.train_parts else np.zeros(0, int)
@@ -114,8 +114,8 @@ def pooled_images(cfg: RunConfig) -> tuple[torch.Tensor, Any]:
 
 def run_pretrain(pc: PretrainConfig, cfg: RunConfig) -> dict[str, float]:
     """Pretrain and write ``pc.out``; returns the final epoch's mean loss."""
-    from fedsim.augment import build_augmenter
-    from fedsim.modelzoo import initial_model, resolve_device
+    from fedsim.data.augment import build_augmenter
+    from fedsim.models.modelzoo import initial_model, resolve_device
     from fedsim.seeding import derive_seed, torch_generator
 
     validate(pc, cfg)
@@ -224,8 +224,8 @@ def _progress(total: int, done: int) -> Any:
 def _refuse_scenarios_without_images(overrides: list[str]) -> None:
     """A scenario whose task trains no network (``task``) has no images: say so before
     composing, whose own check would speak of the strategy instead."""
-    from fedsim.conf import scenario_files
-    from fedsim.scenario_files import load_scenario_file
+    from fedsim.config.scenario_files import load_scenario_file
+    from fedsim.engine.conf import scenario_files
 
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")), "")
     if not name:
@@ -233,7 +233,7 @@ def _refuse_scenarios_without_images(overrides: list[str]) -> None:
     path = scenario_files().get(name) or Path(name)
     if not path.is_file():
         return  # compose names the missing scenario
-    from fedsim.task import tasks
+    from fedsim.algorithms.task import tasks
 
     kind = str(load_scenario_file(path).get("task", "classification"))
     task = tasks().get(kind)
@@ -246,7 +246,7 @@ def _refuse_scenarios_without_images(overrides: list[str]) -> None:
 
 def main(args: list[str]) -> int:
     """``fedsim pretrain --out PATH [--epochs N ...] [key=value ...]``."""
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     parser = argparse.ArgumentParser(
         prog="fedsim pretrain",

@@ -1,6 +1,6 @@
 """Helpers around Flower records: torch/NumPy <-> ArrayRecord and byte accounting.
 
-Bytes on the wire are counted in one place, ``fedsim.channels.wire_nbytes``, from the
+Bytes on the wire are counted in one place, ``fedsim.algorithms.channels.wire_nbytes``, from the
 arrays a message really carries, so every runtime and channel reports the same numbers.
 
 :func:`to_array` / :func:`from_array` produce and read exactly the bytes

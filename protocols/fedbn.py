@@ -35,6 +35,6 @@ class FedBNConfig(StrategyConfig):
 def local_keys(model: nn.Module) -> set[str]:
     """Every batch-norm tensor of ``model`` (affine weights and running statistics, chosen
     by module type): what a FedBN client keeps and the server never sends nor averages."""
-    from fedsim.backbones import bn_state_keys
+    from fedsim.models.backbones import bn_state_keys
 
     return bn_state_keys(model)

@@ -68,7 +68,7 @@ class FedoSSLConfig(StrategyConfig):
     sk_iters_global: int = 100
     global_steps: int = 500
     global_lr: float = 0.01
-    # the two views come from train.augment (fedsim.augment), not from keys of this config
+    # the two views come from train.augment (fedsim.data.augment), not from keys of this config
     # evaluation and initialisation
     protocol: str = "transductive"  # transductive | heldout
     eval_samples: int = 0  # > 0: evaluate on a fixed random subset of this size
@@ -124,7 +124,7 @@ def augments(cfg: RunConfig) -> bool:
     """
     import torch  # only when checking: this module stays import-light
 
-    from fedsim.augment import Augmenter, resolve
+    from fedsim.data.augment import Augmenter, resolve
 
     ops = resolve(cfg.train.augment, cfg.scenario.augment)
     return Augmenter(ops, torch.zeros(3), torch.ones(3)).active
@@ -199,7 +199,7 @@ def local_keys(model: nn.Module) -> set[str]:
     clients' cosine head has no bias; the server's reference model keeps the linear head
     (:class:`strategies.fedossl.FedoSSL` evaluates no global model), so the server never
     sends its bias."""
-    from fedsim.backbones import bn_running_stat_keys
+    from fedsim.models.backbones import bn_running_stat_keys
 
     keys = bn_running_stat_keys(model)
     if "head.bias" in model.state_dict():

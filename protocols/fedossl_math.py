@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsim.openworld import hungarian_accuracy
+from fedsim.data.openworld import hungarian_accuracy
 
 
 def suppression_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:

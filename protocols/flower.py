@@ -87,7 +87,7 @@ class FedTrimmedAvgConfig(StrategyConfig):
 
 def _robust_clients(run: RunConfig, f: int, need: int, rule: str, why: str) -> None:
     """A Byzantine-robust rule needs ``need`` replies per round for ``f`` attackers."""
-    from fedsim.dp import clients_per_round
+    from fedsim.algorithms.dp import clients_per_round
 
     n = min(clients_per_round(run), run.scenario.num_clients)
     if n < need:

@@ -104,7 +104,7 @@ def local_keys(model: nn.Module, cfg: FRAugConfig) -> set[str]:
     statistics (the code's ``model_share='no_bn_running_stats'``: the affine weights are
     averaged), or every batch-norm tensor with ``local_bn=all`` (FedBN-style, the paper).
     The server sends and averages the rest."""
-    from fedsim.backbones import bn_running_stat_keys, bn_state_keys
+    from fedsim.models.backbones import bn_running_stat_keys, bn_state_keys
 
     return bn_state_keys(model) if cfg.local_bn == "all" else bn_running_stat_keys(model)
 

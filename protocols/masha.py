@@ -14,7 +14,7 @@ from fedsim.config import StrategyConfig
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
 
-    from fedsim.payloads import Scalar, TrainIns
+    from fedsim.algorithms.payloads import Scalar, TrainIns
 
 # --------------------------------------------------------------------------- configs
 
@@ -98,7 +98,7 @@ class MashaIns:
     def to_ins(self) -> TrainIns:
         from flwr.app import ArrayRecord
 
-        from fedsim.payloads import TrainIns
+        from fedsim.algorithms.payloads import TrainIns
 
         config: dict[str, Scalar] = {
             PHASE_KEY: self.phase,

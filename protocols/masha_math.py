@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.channels import Channel, IdentityChannel, Link, SparseChannel, make_channel
+from fedsim.algorithms.channels import Channel, IdentityChannel, Link, SparseChannel, make_channel
 from fedsim.config import ChannelSideConfig, RunConfig
 from fedsim.errors import ConfigError
 from fedsim.seeding import derive_rng
@@ -59,7 +59,7 @@ def error_feedback(
 
 
 def variance_of(ch: Channel, where: str) -> float:
-    """The compressor's ``q`` (:meth:`~fedsim.channels.Channel.variance`; ``delta`` for a
+    """The compressor's ``q`` (:meth:`~fedsim.algorithms.channels.Channel.variance`; ``delta`` for a
     contractive one); a compressor that declares none needs ``strategy.gamma`` set."""
     q = ch.variance()
     if q is None:
@@ -81,7 +81,8 @@ def broadcast_link(down: Link) -> Link:
 
 
 def default_tau(cfg: RunConfig) -> float:
-    """``1 - 1/beta`` of the uplink's compressor (:meth:`~fedsim.channels.Channel.compression`)."""
+    """``1 - 1/beta`` of the uplink's compressor
+    (:meth:`~fedsim.algorithms.channels.Channel.compression`)."""
     return 1.0 - 1.0 / make_channel(cfg.channel.up).compression()
 
 
@@ -226,7 +227,7 @@ def replay(
 
 def message_bytes(side: ChannelSideConfig, D: int) -> float:
     """Bytes of one compressed vector of ``D`` coordinates as ``fedsim.channels`` sends it
-    (:meth:`~fedsim.channels.Channel.vector_nbytes`): RandK ``4k + 8`` (values + seed),
+    (:meth:`~fedsim.algorithms.channels.Channel.vector_nbytes`): RandK ``4k + 8`` (values + seed),
     TopK ``8k`` (values + int32 indices), dense ``4D``."""
     return make_channel(side).vector_nbytes(D)
 
@@ -284,7 +285,7 @@ def simulate(
     The same protocol, byte counts (including the sparse unidirectional broadcast), float32
     wire rounding, sync bits (``derive_rng(seed, "masha/sync", round)``) and stopping rule
     as :func:`replay`.  Every device's vector goes through the compressor at once
-    (:meth:`~fedsim.channels.Channel.roundtrip_rows`): the RandK masks come from one
+    (:meth:`~fedsim.algorithms.channels.Channel.roundtrip_rows`): the RandK masks come from one
     generator per run instead of one per device and round, so RandK runs are statistically
     equivalent, not bit-identical (TopK and dense runs agree with :func:`replay` up to
     float rounding; ``tests/test_masha.py`` checks both).  MASHA1 / MASHA2 / EG only, full

@@ -307,7 +307,7 @@ class AdversarialVI:
         self.layout = self.adv.layout
         self.init_state = init_state
         self.batch_size = batch_size
-        self.data = data  # fedsim.federation.Federation (typed loosely: no import cycle)
+        self.data = data  # fedsim.data.federation.Federation (typed loosely: no import cycle)
 
     def z0(self) -> np.ndarray:
         theta = [self.init_state[n].reshape(-1).double() for n, _ in self.adv.params]

@@ -3,7 +3,7 @@
 The strategies of :mod:`strategies.masha` (MASHA1/MASHA2, EG, naive EG) solve a
 monotone variational inequality given by a :class:`VIProblem`: per-client operators
 ``F_m`` on a flat vector ``z``, a proximal step, metrics.  Where the problem comes from
-depends on the run's task (:mod:`fedsim.task`):
+depends on the run's task (:mod:`fedsim.algorithms.task`):
 
 * a :class:`VITask` — the ``bilinear`` saddle point of the spec (:data:`BILINEAR`), or a
   plug-in task — poses the problem itself and has no data or network;
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from fedsim.context import RunContext, context_for
+from fedsim.algorithms.task import Task, Workload, task_of
+from fedsim.engine.context import RunContext, context_for
 from fedsim.errors import ConfigError
-from fedsim.task import Task, Workload, task_of
 from protocols.masha_problems import AdversarialVI, BilinearVI, Layout, make_bilinear
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class VITask(Task):
         return Workload()  # no dataset, no network: the strategy builds the problem
 
     def check_strategy(self, cfg: RunConfig) -> str | None:
-        from fedsim.registry import algorithms
+        from fedsim.algorithms.registry import algorithms
 
         specs = algorithms()
         if specs[cfg.strategy.name].config.solves_problems:

@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import diff_cell, final_metrics, mean_sd, paired, status
 
-from fedsim.checkpoint import CHECKPOINT_FILE
+from fedsim.engine.checkpoint import CHECKPOINT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "augmentation"

@@ -5,7 +5,7 @@ settings of ``tests/test_matrix.py`` (``overrides(name, "identity", ...)``: 3 cl
 quarter-width CNN on the embedded digits, the 4-client bilinear problem for the MASHA
 family, ``digits_open_world`` for FedoSSL), and FedAvg and MASHA1 also run through each
 lossy uplink (RandK, TopK, QSGD at ratio 0.3).  Each run's final metrics (what
-``fedsim.server.run_experiment`` returns) go to ``tests/golden/final_metrics.json``;
+``fedsim.engine.server.run_experiment`` returns) go to ``tests/golden/final_metrics.json``;
 ``tests/test_golden.py`` and ``tests/test_matrix.py`` check that a run of the same cell
 still gives them.
 
@@ -76,7 +76,7 @@ def overrides(name: str, channel: str) -> list[str]:
 
 def cells() -> list[tuple[str, str]]:
     """Every strategy on the identity channel, then FedAvg and MASHA1 on each lossy uplink."""
-    from fedsim.registry import algorithms
+    from fedsim.algorithms.registry import algorithms
 
     out = [(name, "identity") for name in algorithms()]
     out += [(name, ch) for name in LOSSY_STRATEGIES for ch in LOSSY_CHANNELS]
@@ -94,11 +94,11 @@ def is_timing(metric: str) -> bool:
 
 def run_cell(cell_overrides: list[str], output_dir: Path) -> dict[str, float]:
     """One in-process run of a cell; returns ``run_experiment``'s final metrics."""
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import compose, to_json
-    from fedsim.runtime.inline import InlineGrid
-    from fedsim.server import run_experiment
-    from fedsim.tracking import Callback
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import compose, to_json
+    from fedsim.engine.runtime.inline import InlineGrid
+    from fedsim.engine.server import run_experiment
+    from fedsim.tracking.callbacks import Callback
 
     class Quiet(Callback):
         """No TensorBoard, no files: the numbers are all a golden run needs."""

@@ -9,8 +9,8 @@ One command (from the repository root; about 40 CPU-minutes, most of it the 1% r
     .venv/bin/python scripts/masha_results.py --jobs 4   # everything
     .venv/bin/python scripts/masha_results.py --part bilinear|vision
 
-Every run goes through fedsim's own round loop (``fedsim.server.run_experiment`` on the
-inline runtime: real Flower messages, bytes measured by ``fedsim.channels.wire_nbytes``)
+Every run goes through fedsim's own round loop (``fedsim.engine.server.run_experiment`` on the
+inline runtime: real Flower messages, bytes measured by ``fedsim.algorithms.channels.wire_nbytes``)
 and writes ``metrics.jsonl`` and TensorBoard event files under ``--runs``.  A bilinear
 run stops when ``masha/rel_dist <= --target`` (the table's threshold), when it diverges
 (``rel_dist > 10``), or at its round budget.
@@ -37,11 +37,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedsim.app import CONFIG_KEY, make_client_app  # noqa: E402  (after sys.path)
-from fedsim.conf import compose, to_json  # noqa: E402
-from fedsim.runtime.inline import InlineGrid  # noqa: E402
-from fedsim.server import run_experiment  # noqa: E402
-from fedsim.tracking import Callback, JsonlCallback, TensorBoardCallback  # noqa: E402
+from fedsim.engine.app import CONFIG_KEY, make_client_app  # noqa: E402  (after sys.path)
+from fedsim.engine.conf import compose, to_json  # noqa: E402
+from fedsim.engine.runtime.inline import InlineGrid  # noqa: E402
+from fedsim.engine.server import run_experiment  # noqa: E402
+from fedsim.tracking.callbacks import Callback, JsonlCallback, TensorBoardCallback  # noqa: E402
 
 RATIOS = (0.01, 0.05, 0.10, 0.25)
 BUDGET = {0.01: 7200, 0.05: 3600, 0.10: 2400, 0.25: 1800}  # rounds per replayed run
@@ -113,7 +113,7 @@ def run_one(overrides: list[str], run_dir: Path, target: float) -> tuple[list[di
 
 def replayed(overrides: list[str], c: float, rounds: int, target: float) -> Result:
     """One replayed run (``protocols.masha_math.replay``) with ``strategy.gamma_c = c``."""
-    from fedsim.channels import make_channel
+    from fedsim.algorithms.channels import make_channel
     from protocols.masha import VARIANTS
     from protocols.masha_math import default_tau, derived_gamma, replay
     from protocols.masha_task import server_problem

@@ -2,10 +2,11 @@
 Decentralized Data", AISTATS 2017, arXiv 1602.05629.
 
 Server: sample-size weighted average of every array the clients send (the core
-:class:`fedsim.strategy.Strategy`).  Client: plain local SGD (:class:`fedsim.client.Client`).
+:class:`fedsim.algorithms.strategy.Strategy`).  Client: plain local SGD
+(:class:`fedsim.algorithms.client.Client`).
 """
 
-from fedsim.strategy import Strategy
+from fedsim.algorithms.strategy import Strategy
 
 
 class FedAvg(Strategy):

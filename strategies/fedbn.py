@@ -10,7 +10,7 @@ Because the aggregated arrays lack the BN layers, there is no single global mode
 evaluate centrally; evaluation is per client with its own BN layers.
 """
 
-from fedsim.strategy import Strategy
+from fedsim.algorithms.strategy import Strategy
 
 
 class FedBN(Strategy):

@@ -46,7 +46,7 @@ Paper-vs-code choices and deviations (all config switches, see :class:`FedoSSLCo
 * A batch is a uniform random draw of the client's samples (the shared loop), so its
   labelled share is proportional to ``n_l / (n_l + n_u)`` in expectation, not exactly.
   Both views go through one forward pass (batch-norm statistics over both views).
-* The two views come from the shared ``train.augment`` (:mod:`fedsim.augment`), two
+* The two views come from the shared ``train.augment`` (:mod:`fedsim.data.augment`), two
   ``sample``/``apply`` calls per batch, view 1 first, from the client's augmentation
   stream.  The official code always augments (``RandomCrop(32, padding=4)`` + flip for
   both views on CIFAR, ``open_world_cifar.py:191-197``, ``fedossl_cifar.py:413-419``):
@@ -96,12 +96,12 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.aggregate import weighted_average
+from fedsim.algorithms.aggregate import weighted_average
+from fedsim.algorithms.payloads import TrainRes
+from fedsim.algorithms.strategy import ServerContext, Strategy
 from fedsim.errors import ConfigError
-from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_seed
-from fedsim.strategy import ServerContext, Strategy
 from protocols.fedossl import (
     GLOBAL_RECORD,
     OPEN_WORLD_KEYS,
@@ -280,6 +280,6 @@ def _pooled_pseudo(metrics: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _metrics_of(content: RecordDict) -> dict[str, float]:
-    from fedsim.payloads import EvalRes
+    from fedsim.algorithms.payloads import EvalRes
 
     return EvalRes.from_record(content).metrics

@@ -6,8 +6,8 @@ Client (``clients.fedprox``): adds ``(mu / 2) * ||w - w_global||^2`` to its loca
 Flower's own FedProx only forwards ``mu``, the term itself lives on the client.
 """
 
-from fedsim.payloads import Scalar
-from fedsim.strategy import Strategy
+from fedsim.algorithms.payloads import Scalar
+from fedsim.algorithms.strategy import Strategy
 from protocols.fedprox import MU_KEY, FedProxConfig
 
 

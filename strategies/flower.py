@@ -4,9 +4,9 @@ FedAdam / FedYogi / FedAdagrad (Reddi et al., ICLR 2021, arXiv 2003.00295), FedA
 (Hsu et al., arXiv 1909.06335), FedMedian and FedTrimmedAvg (Yin et al., ICML 2018,
 arXiv 1803.01498), Krum / Multi-Krum (Blanchard et al., NeurIPS 2017), Bulyan
 (El Mhamdi et al., ICML 2018, arXiv 1802.07927) and q-FedAvg (Li et al., ICLR 2020,
-arXiv 1905.10497) run unchanged: :class:`fedsim.wrap.server.FedsimStrategy` gives them
+arXiv 1905.10497) run unchanged: :class:`fedsim.algorithms.wrap.server.FedsimStrategy` gives them
 the scenario's participation, the channels, reply filtering and tracking; their
-checkpoint state is read from their attributes (:mod:`fedsim.wrap.state`).
+checkpoint state is read from their attributes (:mod:`fedsim.algorithms.wrap.state`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import flwr.serverapp.strategy as flower
 
-from fedsim.strategy import ServerContext, flower_defaults
+from fedsim.algorithms.strategy import ServerContext, flower_defaults
 from protocols.flower import FLOWER_CLASSES, QFedAvgConfig
 
 

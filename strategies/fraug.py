@@ -49,10 +49,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedsim.aggregate import is_finite_update, weighted_average
-from fedsim.payloads import Scalar, TrainRes
+from fedsim.algorithms.aggregate import is_finite_update, weighted_average
+from fedsim.algorithms.payloads import Scalar, TrainRes
+from fedsim.algorithms.strategy import ServerContext, Strategy
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
-from fedsim.strategy import ServerContext, Strategy
 from protocols.fraug import (
     LAMBDA_KEY,
     RHO_KEY,

@@ -62,12 +62,12 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
-from fedsim.channels import IdentityChannel, Link, links_for
+from fedsim.algorithms.channels import IdentityChannel, Link, links_for
+from fedsim.algorithms.payloads import TrainRes
+from fedsim.algorithms.strategy import ServerContext, Strategy, messages_to
 from fedsim.errors import ConfigError
-from fedsim.payloads import TrainRes
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
-from fedsim.strategy import ServerContext, Strategy, messages_to
 from protocols.masha import (
     MIRRORS,
     VARIANTS,

@@ -21,10 +21,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedsim.aggregate import weighted_average
-from fedsim.payloads import TrainRes
+from fedsim.algorithms.aggregate import weighted_average
+from fedsim.algorithms.payloads import TrainRes
+from fedsim.algorithms.strategy import ServerContext, Strategy
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
-from fedsim.strategy import ServerContext, Strategy
 from protocols.scaffold import CONTROL_RECORD, DELTA_RECORD, ScaffoldConfig
 
 

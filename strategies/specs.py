@@ -1,4 +1,4 @@
-"""The :class:`~fedsim.registry.AlgorithmSpec` of every algorithm fedsim ships.
+"""The :class:`~fedsim.algorithms.registry.AlgorithmSpec` of every algorithm fedsim ships.
 
 ``pyproject.toml`` publishes each one under the entry-point group ``fedsim.strategies``
 (``fedavg = "strategies.specs:FEDAVG"``, ...).  Classes are named by import path, so
@@ -7,7 +7,7 @@ loading the registry imports only the config dataclasses.
 
 from __future__ import annotations
 
-from fedsim.registry import AlgorithmSpec
+from fedsim.algorithms.registry import AlgorithmSpec
 from protocols.fedavg import FedAvgConfig
 from protocols.fedbn import FedBNConfig
 from protocols.fedossl import (

@@ -36,7 +36,7 @@ def small_overrides(tmp_path: Path, *extra: str) -> list[str]:
 
 @pytest.fixture
 def fast_cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     def make(*extra: str):  # type: ignore[no-untyped-def]
         return compose(small_overrides(tmp_path, *extra))

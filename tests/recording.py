@@ -7,10 +7,10 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedsim.app import CONFIG_KEY, make_client_app
-from fedsim.conf import to_json
-from fedsim.runtime.inline import InlineGrid
-from fedsim.server import run_experiment
+from fedsim.engine.app import CONFIG_KEY, make_client_app
+from fedsim.engine.conf import to_json
+from fedsim.engine.runtime.inline import InlineGrid
+from fedsim.engine.server import run_experiment
 
 
 class RecordingGrid(InlineGrid):

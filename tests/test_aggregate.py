@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.aggregate import is_finite_update, update_norm, weighted_average
+from fedsim.algorithms.aggregate import is_finite_update, update_norm, weighted_average
 
 
 def test_weighted_average_hand_numbers() -> None:

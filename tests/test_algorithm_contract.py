@@ -1,5 +1,5 @@
 """The contract between an algorithm's server half and fedsim's wrapper
-(``fedsim.strategy.Algorithm``): found by type, never by attribute names, also inside
+(``fedsim.algorithms.strategy.Algorithm``): found by type, never by attribute names, also inside
 Flower's differential-privacy wrappers; the round's global arrays are the wrapper's one
 copy, which an algorithm such as SCAFFOLD reads from its context."""
 
@@ -11,14 +11,14 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from fedsim.algorithms.strategy import Algorithm, ServerContext, Strategy
+from fedsim.algorithms.wrap.server import FlowerAlgorithm, algorithm_of
+from fedsim.algorithms.wrap.state import flower_state
 from fedsim.records import arrays_from_numpy
-from fedsim.strategy import Algorithm, ServerContext, Strategy
-from fedsim.wrap.server import FlowerAlgorithm, algorithm_of
-from fedsim.wrap.state import flower_state
 
 
 def _ctx(*overrides: str) -> ServerContext:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     return ServerContext(compose(list(overrides)), node_of={0: 10, 1: 11})
 
@@ -76,7 +76,7 @@ def test_flower_state_is_read_from_declared_attributes() -> None:
 
 
 def test_scaffold_steps_from_the_global_arrays_in_its_context() -> None:
-    from fedsim.payloads import TrainRes
+    from fedsim.algorithms.payloads import TrainRes
     from protocols.scaffold import DELTA_RECORD
     from strategies.scaffold import Scaffold
 
@@ -100,7 +100,7 @@ def test_scaffold_steps_from_the_global_arrays_in_its_context() -> None:
 
 @pytest.mark.parametrize("name", ["fedbn", "masha1"])
 def test_algorithms_declare_whether_they_hold_a_global_model(name: str) -> None:
-    from fedsim.registry import get
+    from fedsim.algorithms.registry import get
 
     assert get(name).server_class().has_global_model is False
     assert get("fedavg").server_class().has_global_model is True

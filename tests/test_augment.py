@@ -1,4 +1,4 @@
-"""fedsim.augment: recipes, validation, and each op checked on hand-made images."""
+"""fedsim.data.augment: recipes, validation, and each op checked on hand-made images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.augment import (
+from fedsim.config import AugmentConfig
+from fedsim.data.augment import (
     RECIPES,
     Augmenter,
     AugParams,
@@ -16,7 +17,6 @@ from fedsim.augment import (
     resolve,
     validate_augment,
 )
-from fedsim.config import AugmentConfig
 from fedsim.errors import ConfigError
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])

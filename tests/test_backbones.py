@@ -1,4 +1,4 @@
-"""Tests of ``fedsim.backbones``: shapes, the features/head split, BN key selection, errors,
+"""Tests of ``fedsim.models.backbones``: shapes, the features/head split, BN key selection, errors,
 the parameter counts of the classic named models, ``torch.func`` compatibility."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fedsim.backbones import (
+from fedsim.config import BackboneConfig
+from fedsim.engine.conf import BACKBONE_NAMES
+from fedsim.errors import ConfigError
+from fedsim.models.backbones import (
     BACKBONES,
     MLP,
     Backbone,
@@ -25,9 +28,6 @@ from fedsim.backbones import (
     build_backbone,
     replace_head,
 )
-from fedsim.conf import BACKBONE_NAMES
-from fedsim.config import BackboneConfig
-from fedsim.errors import ConfigError
 
 NAMES = sorted(BACKBONES)
 SHAPES = [(1, 8, 8), (1, 16, 16), (1, 28, 28), (3, 32, 32)]

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim import checkpoint as ckpt_io
 from fedsim.cli import main
-from fedsim.conf import compose, to_plain
+from fedsim.engine import checkpoint as ckpt_io
+from fedsim.engine.conf import compose, to_plain
 
 MALFORMED = Path(__file__).parent / "malformed"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.config import ParticipationConfig
-from fedsim.participation import ParticipationSampler
+from fedsim.data.participation import ParticipationSampler
 
 
 def test_full_availability_plans_share_one_population_and_draw_as_before() -> None:
@@ -26,7 +26,7 @@ def test_full_availability_plans_share_one_population_and_draw_as_before() -> No
 def test_inline_grid_creates_contexts_only_for_clients_it_runs() -> None:
     from flwr.clientapp import ClientApp
 
-    from fedsim.runtime.inline import NODE_BASE, InlineGrid
+    from fedsim.engine.runtime.inline import NODE_BASE, InlineGrid
 
     grid = InlineGrid(ClientApp(), 1_000_000, {})
     try:

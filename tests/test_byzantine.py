@@ -1,4 +1,5 @@
-"""Byzantine clients of a scenario's ``faults:`` section (fedsim.faults, fedsim.wrap.client)."""
+"""Byzantine clients of a scenario's ``faults:`` section (fedsim.data.faults,
+fedsim.algorithms.wrap.client)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedsim.config import FaultConfig
+from fedsim.data.faults import attack, attacks, byzantine_clients, flips_labels
 from fedsim.errors import ConfigError
-from fedsim.faults import attack, attacks, byzantine_clients, flips_labels
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 
 
@@ -67,10 +68,10 @@ def _one_fedavg_round(tmp_path: Path, *extra: str) -> Round:
     from conftest import small_overrides
     from recording import RecordingGrid
 
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import compose, to_json
-    from fedsim.runtime.inline import NODE_BASE
-    from fedsim.server import run_experiment
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import compose, to_json
+    from fedsim.engine.runtime.inline import NODE_BASE
+    from fedsim.engine.server import run_experiment
 
     cfg = compose(small_overrides(tmp_path, "strategy=fedavg", "rounds=1",
                                   "runtime.threads=1", "train.local_steps=4", *extra))  # fmt: skip

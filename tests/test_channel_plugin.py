@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.channels import channel_classes, clear_registry
+from fedsim.algorithms.channels import channel_classes, clear_registry
 from fedsim.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def fp16_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 def test_an_unknown_compressor_is_one_line_naming_the_registered_ones(tmp_path: Path) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     with pytest.raises(ConfigError) as err:
         compose(["channel.up=fp16", f"output_dir={tmp_path}"])
@@ -50,8 +50,8 @@ def test_a_plugin_compressor_runs_end_to_end_with_its_bytes_counted(
     import torch
 
     from fedsim.api import run
-    from fedsim.conf import compose
-    from fedsim.modelzoo import initial_model
+    from fedsim.engine.conf import compose
+    from fedsim.models.modelzoo import initial_model
 
     assert "fp16" in channel_classes()
     # Act: the same round through the identity channel and through fp16

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, Message
 
-from fedsim.channels import (
+from fedsim.algorithms.channels import (
     IdentityChannel,
     Link,
     Links,
@@ -27,9 +27,9 @@ from fedsim.channels import (
     topk,
     validate_channel,
 )
+from fedsim.algorithms.payloads import ARRAYS
 from fedsim.config import ChannelSideConfig
 from fedsim.errors import ConfigError
-from fedsim.payloads import ARRAYS
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
 
@@ -225,10 +225,10 @@ def test_both_ends_hold_the_same_reference() -> None:
 
 
 def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import to_json
-    from fedsim.runtime.inline import InlineGrid
-    from fedsim.server import run_experiment
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import to_json
+    from fedsim.engine.runtime.inline import InlineGrid
+    from fedsim.engine.server import run_experiment
 
     class RecordingGrid(InlineGrid):
         received: ClassVar[list[Message]] = []
@@ -244,8 +244,8 @@ def _run(cfg, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_fedavg_through_randk_uplink_sends_what_was_counted(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from fedsim.channels import wire_nbytes
-    from fedsim.modelzoo import initial_model
+    from fedsim.algorithms.channels import wire_nbytes
+    from fedsim.models.modelzoo import initial_model
 
     cfg = fast_cfg(
         "strategy=fedavg", "rounds=1", "scenario.num_clients=3", "channel.up=randk",
@@ -285,8 +285,8 @@ def test_fedavg_identity_and_lossless_uplink_give_the_same_model(fast_cfg, tmp_p
 def test_the_server_keeps_what_each_client_decoded(fast_cfg, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """FedAdam's global arrays are float64; the server's reference of a client's update is
     the float32 arrays that client decoded from the lossy downlink, not a re-decoding."""
-    from fedsim.client import Client
-    from fedsim.wrap.server import FedsimStrategy
+    from fedsim.algorithms.client import Client
+    from fedsim.algorithms.wrap.server import FedsimStrategy
 
     at_client: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     at_server: dict[tuple[int, int], dict[str, np.ndarray]] = {}

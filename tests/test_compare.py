@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedsim.analysis.compare import compare, mean_std, read_runs, safe_name
+from fedsim.analysis.stats import paired_test, t_interval
 from fedsim.cli import main as cli_main
-from fedsim.compare import compare, mean_std, read_runs, safe_name
 from fedsim.errors import UserError
-from fedsim.stats import paired_test, t_interval
 
 BYTES_PER_ROUND = 100.0  # each way, every round
 

@@ -1,4 +1,5 @@
-"""Tests of fedsim.data: loaders on tiny synthesised files, build_dataset, real shared data."""
+"""Tests of fedsim.data.datasets: loaders on tiny synthesised files, build_dataset, real shared
+data."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from fedsim.config import DatasetConfig, SourceConfig
-from fedsim.data import (
+from fedsim.data.datasets import (
     FORMATS,
     build_dataset,
     default_data_root,
@@ -329,7 +330,7 @@ def test_load_sklearn_digits_scales_0_16_to_0_255() -> None:
 def test_bundled_digits_file_equals_scikit_learns_loader() -> None:
     from sklearn.datasets import load_digits
 
-    from fedsim.loaders import _bundled_digits
+    from fedsim.data.loaders import _bundled_digits
 
     table = _bundled_digits()
     assert table is not None, "scikit-learn's digits.csv.gz was not found"

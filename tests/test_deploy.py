@@ -24,7 +24,7 @@ from flwr.app import Message, RecordDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedsim import deploy
-from fedsim.payloads import Identity
+from fedsim.algorithms.payloads import Identity
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -150,13 +150,13 @@ class FakeGrid:
 
 @pytest.fixture
 def quick_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedsim import server
+    from fedsim.engine import server
 
     monkeypatch.setattr(server, "NODE_WAIT_POLL_S", 0.0)
 
 
 def test_discovery_waits_for_nodes_that_connect_late(quick_wait: None) -> None:
-    from fedsim.server import discover_nodes
+    from fedsim.engine.server import discover_nodes
 
     grid = FakeGrid({101: 0}, late={102: 1, 103: 2})
     node_of = discover_nodes(grid, 3, timeout=5.0)  # type: ignore[arg-type]
@@ -164,8 +164,8 @@ def test_discovery_waits_for_nodes_that_connect_late(quick_wait: None) -> None:
 
 
 def test_discovery_gives_up_below_min_clients(quick_wait: None) -> None:
+    from fedsim.engine.server import discover_nodes
     from fedsim.errors import RunFailed
-    from fedsim.server import discover_nodes
 
     grid = FakeGrid({101: 0})
     assert discover_nodes(grid, 3, timeout=0.01, min_clients=1) == {0: 101}  # type: ignore[arg-type]
@@ -174,7 +174,7 @@ def test_discovery_gives_up_below_min_clients(quick_wait: None) -> None:
 
 
 def test_a_restarted_node_replaces_its_partitions_old_node_id() -> None:
-    from fedsim.server import rediscover_nodes
+    from fedsim.engine.server import rediscover_nodes
 
     grid = FakeGrid({101: 0, 103: 2, 204: 1})  # partition 1 came back as node 204
     node_of = {0: 101, 1: 102, 2: 103}
@@ -183,10 +183,10 @@ def test_a_restarted_node_replaces_its_partitions_old_node_id() -> None:
 
 
 def test_replies_missing_after_the_timeout_count_as_failed(fast_cfg: Any) -> None:
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import to_json
-    from fedsim.runtime.inline import InlineGrid
-    from fedsim.server import run_dir_for, run_experiment
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import to_json
+    from fedsim.engine.runtime.inline import InlineGrid
+    from fedsim.engine.server import run_dir_for, run_experiment
 
     class LossyGrid(InlineGrid):
         """Client 0 never answers a training message (as a killed SuperNode)."""
@@ -239,7 +239,7 @@ def test_only_flowers_deployment_grid_is_wrapped(
 
     from flwr.superlink.grid.http_grid import HttpGrid
 
-    from fedsim.grid import PollingGrid, for_grid, wrap_grid
+    from fedsim.engine.grid import PollingGrid, for_grid, wrap_grid
 
     other = object()
     with for_grid(other, tmp_path / "rel") as (grid, run_dir):  # type: ignore[arg-type]
@@ -337,8 +337,8 @@ def test_loopback_tls_three_supernodes_match_the_simulated_twin(
     tmp_path: Path, certs: Path
 ) -> None:
     """Plain flower-superlink / flower-supernode (Flower's default path), TLS on."""
-    from fedsim.conf import compose
-    from fedsim.runner import execute
+    from fedsim.engine.conf import compose
+    from fedsim.engine.runner import execute
 
     sim = Path(execute(compose([*SMALL, f"output_dir={tmp_path}/sim"]))["run_dir"])
     with cluster(tmp_path) as c:

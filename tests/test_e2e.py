@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fedsim.runner import execute
+from fedsim.engine.runner import execute
 
 
 def _events(run_dir: Path) -> EventAccumulator:

@@ -245,7 +245,7 @@ def test_a_killed_run_is_never_restarted_silently_and_resume_repairs_a_torn_line
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from fedsim.cli import main
-    from fedsim.runstate import checkpoint_round
+    from fedsim.tracking.runstate import checkpoint_round
 
     run_dir = _killed_run(tmp_path)
     assert _status(run_dir)["status"] == "running"
@@ -274,7 +274,7 @@ def test_a_killed_run_is_never_restarted_silently_and_resume_repairs_a_torn_line
     ]
     # a torn last line (a write cut short) is repaired with a warning
     metrics.write_text("".join(ln + "\n" for ln in lines) + '{"round": 9, "train/lo')
-    with caplog.at_level(logging.WARNING, logger="fedsim.tracking"):
+    with caplog.at_level(logging.WARNING, logger="fedsim.tracking.callbacks"):
         assert main(["resume", str(run_dir)]) == 0
     assert "dropped a torn last line" in caplog.text
     assert _rounds(run_dir) == [1, 2, 3, 4, 5, 6]  # every round once
@@ -283,8 +283,8 @@ def test_a_killed_run_is_never_restarted_silently_and_resume_repairs_a_torn_line
 
 
 def test_results_beside_a_damaged_or_missing_run_json_need_overwrite(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    from fedsim.engine.runner import execute
     from fedsim.errors import UserError
-    from fedsim.runner import execute
 
     cfg = fast_cfg("rounds=1", "runtime.threads=1")
     run_dir = Path(execute(cfg)["run_dir"])
@@ -584,7 +584,7 @@ def test_signal_to_the_process_group_with_workers_ends_interrupted(
     ],
 )
 def test_non_finite_values_are_refused_at_load_naming_the_key(override: str, key: str) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
     from fedsim.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be a finite number, got"):
@@ -592,7 +592,7 @@ def test_non_finite_values_are_refused_at_load_naming_the_key(override: str, key
 
 
 def test_infinity_where_it_means_something_is_accepted() -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     cfg = compose(["scenario=masha_bilinear", "strategy=masha1", "scenario.problem.similarity=inf"])
     assert cfg.scenario.problem.similarity == float("inf")
@@ -600,7 +600,7 @@ def test_infinity_where_it_means_something_is_accepted() -> None:
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "."])
 def test_names_that_become_paths_hold_no_separator(name: str) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
     from fedsim.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^experiment: .* cannot name a directory"):
@@ -613,7 +613,7 @@ def test_names_that_become_paths_hold_no_separator(name: str) -> None:
 def test_robust_strategies_need_enough_clients_for_their_attackers(
     strategy: str, f: int, need: int
 ) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
     from fedsim.errors import ConfigError
 
     common = [f"strategy={strategy}", f"strategy.num_malicious_nodes={f}"]
@@ -643,8 +643,8 @@ def test_a_dry_run_deploy_checks_the_overrides_and_writes_nothing(tmp_path: Path
 
 
 def test_ray_clients_larger_than_this_machine_are_refused_before_the_run(fast_cfg) -> None:  # type: ignore[no-untyped-def]
+    from fedsim.engine.runner import preflight
     from fedsim.errors import ConfigError
-    from fedsim.runner import preflight
 
     cpus = os.cpu_count() or 1
     cfg = fast_cfg("runtime=ray", f"runtime.client_cpus={cpus + 2}")

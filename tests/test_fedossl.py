@@ -18,12 +18,12 @@ from clients.fedossl import (
     pair_partners,
     suppressed_loss,
 )
-from fedsim.app import CONFIG_KEY, make_client_app
-from fedsim.augment import Augmenter, AugParams, build_augmenter, resolve
-from fedsim.conf import to_json
 from fedsim.config import AugmentConfig
+from fedsim.data.augment import Augmenter, AugParams, build_augmenter, resolve
+from fedsim.engine.app import CONFIG_KEY, make_client_app
+from fedsim.engine.conf import to_json
+from fedsim.engine.server import run_experiment
 from fedsim.errors import ConfigError
-from fedsim.server import run_experiment
 from protocols.fedossl import GLOBAL_RECORD, LOCAL_RECORD, FedoSSLConfig, validate_fedossl
 from protocols.fedossl_math import (
     align_centroids,
@@ -153,7 +153,7 @@ def test_fedossl_needs_an_open_world_scenario(fast_cfg) -> None:  # type: ignore
 
 
 def test_registry_variants_switch_the_right_terms() -> None:
-    from fedsim.registry import algorithms
+    from fedsim.algorithms.registry import algorithms
 
     REGISTRY = algorithms()
 
@@ -184,9 +184,9 @@ def _objective(  # type: ignore[no-untyped-def]
     augmenter: Augmenter | None = None,
     aug_seed: int = 3,
 ):
-    from fedsim.backbones import NormedLinear, replace_head
     from fedsim.config import BackboneConfig
-    from fedsim.modelzoo import initial_model
+    from fedsim.models.backbones import NormedLinear, replace_head
+    from fedsim.models.modelzoo import initial_model
 
     model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
     replace_head(model, NormedLinear(model.feature_dim, 10))
@@ -334,9 +334,9 @@ def test_local_keys_running_statistics_and_a_linear_heads_bias() -> None:
     """``protocols.fedossl.local_keys``: the server's linear-head model never sends its
     bias; the clients' cosine head has none; batch-norm statistics stay local."""
     from clients.fedossl import FedoSSLClient
-    from fedsim.backbones import NormedLinear, bn_running_stat_keys, replace_head
     from fedsim.config import BackboneConfig
-    from fedsim.modelzoo import initial_model
+    from fedsim.models.backbones import NormedLinear, bn_running_stat_keys, replace_head
+    from fedsim.models.modelzoo import initial_model
     from protocols.fedossl import local_keys
 
     model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
@@ -354,9 +354,9 @@ def test_the_round_trains_on_every_sample_and_only_the_views_augment(
     from flwr.app import RecordDict
 
     from clients.fedossl import FedoSSLClient
-    from fedsim.client import client_env
-    from fedsim.context import context_for
-    from fedsim.payloads import TrainIns
+    from fedsim.algorithms.client import client_env
+    from fedsim.algorithms.payloads import TrainIns
+    from fedsim.engine.context import context_for
     from fedsim.records import arrays_from_state
 
     cfg = fast_cfg(
@@ -408,9 +408,9 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fedsim.backbones import bn_running_stat_keys
-    from fedsim.client import LOCAL_KEY, OPTIM_KEY
-    from fedsim.modelzoo import initial_model
+    from fedsim.algorithms.client import LOCAL_KEY, OPTIM_KEY
+    from fedsim.models.backbones import bn_running_stat_keys
+    from fedsim.models.modelzoo import initial_model
 
     cfg = fast_cfg(
         "strategy=fedossl",
@@ -461,7 +461,7 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
     # each client's SGD momentum is kept across rounds (the code keeps one optimizer each)
     assert any(k.endswith("momentum_buffer") for k in state.array_records[OPTIM_KEY])
     # the bank holds both views of this round's one epoch only, not last round's features
-    from fedsim.federation import build_federation
+    from fedsim.data.federation import build_federation
 
     fed = build_federation(cfg.scenario, cfg.seed)
     n0 = len(fed.client(0).y)
@@ -478,7 +478,7 @@ def test_a_short_fedossl_run_sends_centroids_and_keeps_local_state(
 
 
 def test_checkpoint_loading_strips_prefixes_and_renames_shortcut(tmp_path: Path) -> None:
-    from fedsim.backbones import ResNet18
+    from fedsim.models.backbones import ResNet18
     from strategies.fedossl import load_checkpoint_arrays
 
     model = ResNet18((3, 8, 8), 10, width=0.125)

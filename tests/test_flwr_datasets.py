@@ -21,9 +21,9 @@ from scipy import stats
 
 from fedsim.cli import main as cli_main
 from fedsim.config import PartitionConfig, SourceConfig
+from fedsim.config.scenario_files import fold_flat_keys
+from fedsim.data.partition import partition
 from fedsim.errors import ConfigError
-from fedsim.flwr_partition import fold_flat_keys
-from fedsim.partition import partition
 
 pytest.importorskip("flwr_datasets", reason="the datasets extra: pip install -e '.[datasets]'")
 datasets = pytest.importorskip("datasets")
@@ -168,8 +168,8 @@ def test_a_bad_flower_partition_fails_in_one_line_before_any_run(
 
 
 def test_a_scenario_with_a_flower_partitioner_runs_end_to_end(tmp_path: Path) -> None:
-    from fedsim.federation import build_federation
-    from fedsim.scenario_files import load_scenario_file
+    from fedsim.config.scenario_files import load_scenario_file
+    from fedsim.data.federation import build_federation
 
     path = _scenario(
         tmp_path,
@@ -235,7 +235,7 @@ def usps_copies(tmp_path: Path) -> dict[str, Any]:
 def test_local_hugging_face_copies_load_to_the_arrays_of_the_npz(
     usps_copies: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.data import load_source
+    from fedsim.data.datasets import load_source
 
     root, x, y = usps_copies["root"], usps_copies["x"], usps_copies["y"]
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "cache"))

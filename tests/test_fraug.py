@@ -26,13 +26,13 @@ from clients.fraug import (
     mmd_moments,
     update_prototypes,
 )
-from fedsim.aggregate import weighted_average
-from fedsim.backbones import BACKBONES, bn_running_stat_keys, bn_state_keys, build_backbone
+from fedsim.algorithms.aggregate import weighted_average
 from fedsim.config import BackboneConfig
+from fedsim.engine.runner import execute
 from fedsim.errors import ConfigError
-from fedsim.modelzoo import initial_model
+from fedsim.models.backbones import BACKBONES, bn_running_stat_keys, bn_state_keys, build_backbone
+from fedsim.models.modelzoo import initial_model
 from fedsim.records import numpy_from_arrays
-from fedsim.runner import execute
 from protocols.fraug import (
     GENERATOR_RECORD,
     FRAugConfig,
@@ -71,7 +71,7 @@ def _all_arrays(msgs: list[Message]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     tmp = tmp_path_factory.mktemp("fraug")
     fast = [f"output_dir={tmp}", "progress=false", "backbone.width=0.25"]
@@ -212,7 +212,7 @@ def test_entropy_of_uniform_logits_is_log_c() -> None:
 def test_local_keys_one_rule_for_both_halves() -> None:
     """``protocols.fraug.local_keys``: what the client keeps and the server never sends."""
     from clients.fraug import FRAugClient
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     model = initial_model(BackboneConfig(name="cnn_digits", width=0.25), (1, 8, 8), 10, 0)
     # five BN layers: three running-statistics tensors each, plus weight and bias
@@ -229,9 +229,9 @@ def test_local_iterations_are_a_declared_override_not_a_patched_config(fast_cfg)
     from flwr.app import RecordDict
 
     from clients.fraug import FRAugClient, FRAugRun
-    from fedsim.client import client_env
-    from fedsim.context import context_for
-    from fedsim.payloads import TrainIns
+    from fedsim.algorithms.client import client_env
+    from fedsim.algorithms.payloads import TrainIns
+    from fedsim.engine.context import context_for
     from fedsim.records import arrays_from_state
 
     train = fast_cfg("strategy=fraug").train

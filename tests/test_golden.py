@@ -19,7 +19,7 @@ import golden
 import pytest
 from conftest import REPO
 
-from fedsim.registry import algorithms
+from fedsim.algorithms.registry import algorithms
 
 CELLS = sorted(golden.reference()["cells"])
 

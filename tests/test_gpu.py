@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
+from fedsim.algorithms.training import batches, evaluate_model, make_optimizer, train_local
 from fedsim.config import AugmentConfig, BackboneConfig, TrainConfig
-from fedsim.modelzoo import initial_model
-from fedsim.training import batches, evaluate_model, make_optimizer, train_local
+from fedsim.models.modelzoo import initial_model
 
 pytestmark = pytest.mark.gpu
 
@@ -141,8 +141,8 @@ def _rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> list[dict[str, Any]]:
-    from fedsim.conf import compose
-    from fedsim.runner import execute
+    from fedsim.engine.conf import compose
+    from fedsim.engine.runner import execute
 
     cfg = compose(
         [
@@ -235,8 +235,8 @@ def test_a_clients_data_cross_to_the_device_once_not_per_batch(tmp_path: Path) -
 
 
 def test_vectorised_round_gathers_batches_on_the_device(tmp_path: Path) -> None:
-    from fedsim.training import TrainHooks
-    from fedsim.vmap_train import make_job, train_jobs
+    from fedsim.algorithms.training import TrainHooks
+    from fedsim.algorithms.vmap_train import make_job, train_jobs
 
     # Arrange: 3 clients of 100 CPU images, 3 epochs each, trained as one batched group
     model = _model("cnn_cifar").cuda()
@@ -260,7 +260,7 @@ def test_vectorised_round_gathers_batches_on_the_device(tmp_path: Path) -> None:
 
 
 def test_augmentation_runs_on_the_device(tmp_path: Path) -> None:
-    from fedsim.augment import build_augmenter
+    from fedsim.data.augment import build_augmenter
 
     # Arrange: every op of the simclr recipe plus pad-and-crop, on a CUDA batch
     aug = build_augmenter(

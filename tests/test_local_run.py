@@ -1,4 +1,4 @@
-"""A client's round is a template with named stages (``fedsim.client.LocalRun``).
+"""A client's round is a template with named stages (``fedsim.algorithms.client.LocalRun``).
 
 A toy algorithm written against the template, on numbers checked by hand: its loss is
 ``0.5 * ||b||^2`` of the head's bias ``b`` alone, so plain SGD at rate 0.5 halves ``b``
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.client import Client, LocalResult, LocalRun, client_env
+from fedsim.algorithms.client import Client, LocalResult, LocalRun, client_env
+from fedsim.algorithms.payloads import TrainIns
+from fedsim.algorithms.training import BatchOut, TrainStats
+from fedsim.algorithms.vectorize import client_blocker
 from fedsim.config import TrainConfig
-from fedsim.context import context_for
-from fedsim.payloads import TrainIns
+from fedsim.engine.context import context_for
 from fedsim.records import arrays_from_state, numpy_from_arrays
-from fedsim.training import BatchOut, TrainStats
-from fedsim.vectorize import client_blocker
 
 CLIENTS = Path(__file__).resolve().parents[1] / "clients"
 BIAS = torch.arange(10, dtype=torch.float32)  # 0.5 * ||b||^2 = 0.5 * 285 = 142.5

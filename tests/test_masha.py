@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import MessageType
 
-from fedsim.channels import IdentityChannel, RandKChannel, TopKChannel, make_channel
+from fedsim.algorithms.channels import IdentityChannel, RandKChannel, TopKChannel, make_channel
 from fedsim.config import ProblemConfig
 from protocols.masha_math import (
     anchor,
@@ -89,11 +89,11 @@ def test_bilinear_solution_zeroes_the_operator_and_lipschitz_is_the_jacobian_nor
 
 
 def _run(cfg, tmp_path: Path, grid_class: type | None = None):
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import to_json
-    from fedsim.runtime.inline import InlineGrid
-    from fedsim.server import run_experiment
-    from fedsim.tracking import Callback
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import to_json
+    from fedsim.engine.runtime.inline import InlineGrid
+    from fedsim.engine.server import run_experiment
+    from fedsim.tracking.callbacks import Callback
 
     class Rows(Callback):
         def __init__(self) -> None:
@@ -171,9 +171,9 @@ def test_partial_participation_and_dropouts_reach_exactly_the_selected_devices(
     """MASHA sees the participation the wrapper applies, as every algorithm does: each
     round, step or sync, messages exactly the selected devices that did not drop out, and a
     device that sat out a round catches up on the server's mirrors when next selected."""
-    from fedsim.participation import ParticipationSampler
-    from fedsim.payloads import TrainIns
-    from fedsim.runtime.inline import InlineGrid
+    from fedsim.algorithms.payloads import TrainIns
+    from fedsim.data.participation import ParticipationSampler
+    from fedsim.engine.runtime.inline import InlineGrid
     from protocols.masha import RESYNC
 
     sent: dict[int, list[int]] = {}  # round -> devices messaged
@@ -342,7 +342,7 @@ def test_similarity_inf_is_the_spec_instance_draw_for_draw() -> None:
      ("scenario.rounds=-3", "rounds: must be >= 0")],
 )  # fmt: skip
 def test_bad_problem_keys_are_one_line_errors(override: str, needle: str) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
     from fedsim.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
@@ -351,7 +351,7 @@ def test_bad_problem_keys_are_one_line_errors(override: str, needle: str) -> Non
 
 
 def test_scenario_rounds_is_the_default_and_the_command_line_wins() -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     assert compose(["scenario=masha_bilinear", "strategy=eg"]).rounds == 1500
     assert compose(["scenario=masha_bilinear", "strategy=eg", "rounds=7"]).rounds == 7
@@ -441,7 +441,7 @@ def test_readme_has_masha_commands() -> None:
 @pytest.mark.parametrize("command", _readme_masha_commands())
 def test_readme_masha_command_reaches_1e6_replayed(command: str) -> None:
     """Cheap: the command's configuration through the replay (checked against fedsim)."""
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
     from protocols.masha import VARIANTS
     from protocols.masha_math import default_tau, derived_gamma
     from protocols.masha_task import server_problem

@@ -3,7 +3,7 @@
 Two rounds each.  (A lossy *downlink* compresses the model itself for FedAvg-like
 strategies, which has no reference point; ``tests/test_channels.py`` covers it.)
 
-The wrappers (``fedsim.wrap``) promise that no algorithm can bypass participation, the
+The wrappers (``fedsim.algorithms.wrap``) promise that no algorithm can bypass participation, the
 channels or reply filtering.  Each cell checks: every logged number is finite; the bytes
 the round loop counted are the data bytes of the messages that crossed the grid, and a
 lossy channel sends fewer of them than the identity channel did in the reference run of
@@ -28,8 +28,8 @@ from typing import Any
 import golden
 import pytest
 
-from fedsim.registry import algorithms
-from fedsim.tracking import Callback
+from fedsim.algorithms.registry import algorithms
+from fedsim.tracking.callbacks import Callback
 
 STRATEGIES = list(algorithms())
 CHANNELS = ("identity", "randk", "topk", "qsgd")
@@ -81,10 +81,10 @@ class Collect(Callback):
 def run_cell(name: str, channel: str, tmp_path: Path, workers: int) -> None:
     from recording import RecordingGrid
 
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.channels import wire_nbytes
-    from fedsim.conf import compose, to_json
-    from fedsim.server import run_experiment
+    from fedsim.algorithms.channels import wire_nbytes
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import compose, to_json
+    from fedsim.engine.server import run_experiment
 
     cfg = compose(overrides(name, channel, tmp_path, workers))
     grid = RecordingGrid(
@@ -131,7 +131,7 @@ def run_cell(name: str, channel: str, tmp_path: Path, workers: int) -> None:
     # the updates arrived: the global model moved away from the initial weights
     import torch
 
-    from fedsim.modelzoo import initial_model
+    from fedsim.models.modelzoo import initial_model
 
     final = torch.load(tmp_path / "run" / "final_model.pt")
     start = initial_model(cfg.backbone, (1, 8, 8), 10, cfg.seed).state_dict()

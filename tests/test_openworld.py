@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from fedsim.config import OpenWorldConfig
-from fedsim.errors import ConfigError
-from fedsim.openworld import (
+from fedsim.data.openworld import (
     ClassRoles,
     class_roles,
     hungarian_accuracy,
@@ -15,6 +14,7 @@ from fedsim.openworld import (
     open_world_split,
     validate_open_world,
 )
+from fedsim.errors import ConfigError
 
 # The FedoSSL CIFAR-10 layout (spec §1): 6 everywhere, 7 and 8 at two clients, 9 at one.
 SPEC_SETS = [
@@ -164,7 +164,7 @@ def test_class_roles_of_the_spec_layout() -> None:
 
 
 def test_federation_uses_the_open_world_split_for_open_world_scenarios(fast_cfg) -> None:  # type: ignore[no-untyped-def]
-    from fedsim.federation import build_federation
+    from fedsim.data.federation import build_federation
 
     cfg = fast_cfg("scenario=digits_open_world")
     fed = build_federation(cfg.scenario, cfg.seed)
@@ -179,7 +179,7 @@ def test_federation_uses_the_open_world_split_for_open_world_scenarios(fast_cfg)
 
 
 def test_scenarios_without_open_world_keep_their_partition(fast_cfg) -> None:  # type: ignore[no-untyped-def]
-    from fedsim.federation import build_federation
+    from fedsim.data.federation import build_federation
 
     cfg = fast_cfg()
     fed = build_federation(cfg.scenario, cfg.seed)

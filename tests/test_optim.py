@@ -1,4 +1,4 @@
-"""fedsim's own SGD / Adam (:mod:`fedsim.optim`) against ``torch.optim``: the same
+"""fedsim's own SGD / Adam (:mod:`fedsim.algorithms.optim`) against ``torch.optim``: the same
 weights, bit for bit, and the same state, for every option ``train.*`` allows; and
 training without importing ``torch._dynamo``."""
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim import optim
+from fedsim.algorithms import optim
+from fedsim.algorithms.training import make_optimizer, train_local
 from fedsim.config import TrainConfig
-from fedsim.training import make_optimizer, train_local
 
 CPU = torch.device("cpu")
 
@@ -181,7 +181,7 @@ def test_training_on_the_cpu_never_imports_torch_dynamo() -> None:
     code = (
         "import sys, torch\n"
         "from fedsim.config import TrainConfig\n"
-        "from fedsim.training import make_optimizer, train_local\n"
+        "from fedsim.algorithms.training import make_optimizer, train_local\n"
         "for cfg in (TrainConfig(momentum=0.9, clip_norm=1.0), TrainConfig(optimizer='adam')):\n"
         "    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
         "    opt = make_optimizer(model, cfg)\n"

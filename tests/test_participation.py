@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.config import ParticipationConfig
+from fedsim.data.participation import JITTER, ParticipationSampler, validate_participation
 from fedsim.errors import ConfigError
-from fedsim.participation import JITTER, ParticipationSampler, validate_participation
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.config import PartitionConfig
-from fedsim.errors import ConfigError
-from fedsim.partition import (
+from fedsim.data.partition import (
     KINDS,
     holdout_sizes,
     label_skew,
@@ -18,6 +17,7 @@ from fedsim.partition import (
     split_holdouts,
     validate_partition,
 )
+from fedsim.errors import ConfigError
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -32,8 +32,8 @@ def _cfg(fast_cfg: Any) -> Any:
 
 
 def test_pretrained_checkpoint_starts_a_run(fast_cfg: Any, tmp_path: Path) -> None:
-    from fedsim.modelzoo import initial_model
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
+    from fedsim.models.modelzoo import initial_model
 
     cfg = _cfg(fast_cfg)
     out = tmp_path / "simclr.pt"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.conf import compose
+from fedsim.engine.conf import compose
 from fedsim.errors import ConfigError
 
 RAY = Path(sys.executable).with_name("ray")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.algorithms.registry import algorithms, get
 from fedsim.errors import ConfigError
-from fedsim.registry import algorithms, get
 
 REPO = Path(__file__).resolve().parents[1]
 FEDSIM = Path(sys.executable).parent / "fedsim"
@@ -49,7 +49,7 @@ def test_flower_configs_use_flowers_names_and_defaults(name: str) -> None:
 
 
 def test_unknown_key_of_a_flower_strategy_is_one_line(tmp_path: Path) -> None:
-    from fedsim.conf import compose
+    from fedsim.engine.conf import compose
 
     with pytest.raises(ConfigError, match=r"strategy\.etaa"):
         compose(["strategy=fedadam", "strategy.etaa=0.1", f"output_dir={tmp_path}"])
@@ -93,10 +93,10 @@ def _recorded_rounds(strategy: str, tmp_path: Path, *extra: str):  # type: ignor
     received and the models they sent back, and the final metrics."""
     from recording import RecordingGrid
 
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import compose, to_json
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import compose, to_json
+    from fedsim.engine.server import run_experiment
     from fedsim.records import numpy_from_arrays
-    from fedsim.server import run_experiment
 
     cfg = compose([f"strategy={strategy}", f"output_dir={tmp_path}", "progress=false", *extra])
     grid = RecordingGrid(make_client_app(), cfg.scenario.num_clients, {CONFIG_KEY: to_json(cfg)})
@@ -191,10 +191,10 @@ def _dp_round(kind: str, noise: float, tmp_path: Path, backbone: str = "mlp"):  
     import torch
     from recording import RecordingGrid
 
-    from fedsim.app import CONFIG_KEY, make_client_app
-    from fedsim.conf import compose, to_json
+    from fedsim.engine.app import CONFIG_KEY, make_client_app
+    from fedsim.engine.conf import compose, to_json
+    from fedsim.engine.server import run_experiment
     from fedsim.records import numpy_from_arrays
-    from fedsim.server import run_experiment
 
     cfg = compose(["strategy=fedprox", "rounds=1", f"backbone={backbone}", "backbone.width=0.25",
                    "train.local_steps=4", "runtime.threads=1", "progress=false",

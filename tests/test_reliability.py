@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedsim import checkpoint as ckpt_io
+from fedsim.engine import checkpoint as ckpt_io
 
 BASE = ["progress=false", "backbone.width=0.25", "runtime.threads=1", "scenario.num_clients=5"]
 
@@ -185,7 +185,7 @@ def test_fault_injection_run_finishes_and_counts_failures(tmp_path: Path) -> Non
 
 
 def test_worker_processes_give_the_same_metrics(fast_cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     one = execute(fast_cfg("rounds=2", "runtime.threads=1", f"output_dir={tmp_path}/a"))
     two = execute(

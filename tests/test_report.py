@@ -7,8 +7,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from fedsim import raster
-from fedsim.report import partition_heatmap, partition_heatmap_array, partition_table
+from fedsim.tracking import raster
+from fedsim.tracking.report import partition_heatmap, partition_heatmap_array, partition_table
 
 
 def _small_case():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedsim.runner import execute
+from fedsim.engine.runner import execute
 
 KEYS = ["train/loss", "eval/acc", "eval/global_acc", "comm/bytes_up", "comm/bytes_down"]
 

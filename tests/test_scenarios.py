@@ -30,12 +30,12 @@ from conftest import REPO, shared_file
 from omegaconf import OmegaConf
 
 from fedsim.cli import main as cli_main
-from fedsim.conf import compose, load_scenario_file, scenario_files
 from fedsim.config import ScenarioConfig
+from fedsim.data.federation import build_federation
+from fedsim.data.participation import ParticipationSampler
+from fedsim.engine.conf import compose, load_scenario_file, scenario_files
+from fedsim.engine.runner import execute
 from fedsim.errors import ConfigError
-from fedsim.federation import build_federation
-from fedsim.participation import ParticipationSampler
-from fedsim.runner import execute
 
 SCENARIOS = sorted(scenario_files())
 MALFORMED_DIR = REPO / "tests" / "malformed" / "scenarios"

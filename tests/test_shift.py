@@ -1,4 +1,4 @@
-"""Tests of fedsim.shift: per-client feature shifts on small hand-checkable images."""
+"""Tests of fedsim.data.shift: per-client feature shifts on small hand-checkable images."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from fedsim.config import ShiftConfig
-from fedsim.errors import ConfigError
-from fedsim.shift import (
+from fedsim.data.shift import (
     SHIFT_KINDS,
     apply_shift,
     apply_shift_normalized,
@@ -19,6 +18,7 @@ from fedsim.shift import (
     shift_rng,
     validate_shift,
 )
+from fedsim.errors import ConfigError
 
 
 def ramp(n: int = 2, channels: int = 3, size: int = 5) -> torch.Tensor:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from hydra.core.config_store import ConfigStore
 
-from fedsim import cli, conf
-from fedsim.conf import register_configs, selected_scenarios, to_plain
+from fedsim import cli
+from fedsim.engine import conf
+from fedsim.engine.conf import register_configs, selected_scenarios, to_plain
 
 
 def test_selected_scenarios_are_the_chosen_ones_or_the_default() -> None:
@@ -51,7 +52,7 @@ def test_register_configs_reads_only_the_selected_scenario_files(
 
 def _capture_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Replace the run itself: record the configuration each run would execute."""
-    import fedsim.runner
+    import fedsim.engine.runner
 
     seen: list[Any] = []
 
@@ -59,7 +60,7 @@ def _capture_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         seen.append(cfg)
         return {"final": {"eval/acc": 0.5}, "run_dir": "unused"}
 
-    monkeypatch.setattr(fedsim.runner, "execute", execute)
+    monkeypatch.setattr(fedsim.engine.runner, "execute", execute)
     return seen
 
 

@@ -10,11 +10,11 @@ from flwr.app import Message
 from recording import run_recorded
 
 from clients.fedprox import FedProxClient, proximal_term
-from fedsim.backbones import bn_state_keys
-from fedsim.client import LOCAL_KEY, client_env
-from fedsim.context import context_for
-from fedsim.modelzoo import initial_model
-from fedsim.payloads import TrainIns
+from fedsim.algorithms.client import LOCAL_KEY, client_env
+from fedsim.algorithms.payloads import TrainIns
+from fedsim.engine.context import context_for
+from fedsim.models.backbones import bn_state_keys
+from fedsim.models.modelzoo import initial_model
 from fedsim.records import arrays_from_state, numpy_from_arrays
 
 

@@ -288,7 +288,7 @@ def test_swept_hyper_parameter_gets_its_own_folder_and_hparams_column(tmp_path: 
 def test_parallel_jobs_get_a_share_of_the_cores() -> None:
     from types import SimpleNamespace
 
-    from fedsim.launchers import job_threads, parallel_jobs
+    from fedsim.engine.launchers import job_threads, parallel_jobs
 
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     basic = SimpleNamespace(_target_="hydra._internal.core_plugins.basic_launcher.BasicLauncher")

@@ -1,4 +1,5 @@
-"""Tasks (:mod:`fedsim.task`): found by entry point, a plug-in task runs without editing fedsim."""
+"""Tasks (:mod:`fedsim.algorithms.task`): found by entry point, a plug-in task runs without editing
+fedsim."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.algorithms.task import Workload, get_task, tasks
 from fedsim.errors import ConfigError
-from fedsim.task import Workload, get_task, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 FEDSIM = Path(sys.executable).parent / "fedsim"

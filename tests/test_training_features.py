@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from fedsim.algorithms.payloads import EvalRes
+from fedsim.algorithms.schedules import lr_at, validate_train
+from fedsim.algorithms.wrap.server import summarise_evaluation
 from fedsim.config import BackboneConfig, TrainConfig
+from fedsim.engine.selection import Selection
 from fedsim.errors import ConfigError
-from fedsim.modelzoo import freeze, frozen_keys, initial_model, load_checkpoint
-from fedsim.payloads import EvalRes
-from fedsim.schedules import lr_at, validate_train
-from fedsim.selection import Selection
-from fedsim.wrap.server import summarise_evaluation
+from fedsim.models.modelzoo import freeze, frozen_keys, initial_model, load_checkpoint
 
 
 def _rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ def test_bad_training_keys_are_refused_with_their_key(cfg: TrainConfig, match: s
 
 
 def test_train_lr_is_logged_and_used(fast_cfg: Any) -> None:
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     cfg = fast_cfg("train.schedule=exponential", "train.lr_decay=0.5", "rounds=3")
     rows = _rows(execute(cfg))
@@ -117,8 +117,8 @@ def test_global_model_selected_on_mean_validation_accuracy() -> None:
 
 
 def test_run_with_a_validation_split_reports_selection(fast_cfg: Any) -> None:
-    from fedsim.federation import load_federation
-    from fedsim.runner import execute
+    from fedsim.data.federation import load_federation
+    from fedsim.engine.runner import execute
 
     cfg = fast_cfg("scenario.evaluation.validation_fraction=0.1", "rounds=2")
     fed = load_federation(cfg.scenario, cfg.seed)
@@ -143,7 +143,7 @@ def test_spread_metrics_p10_and_worst_client() -> None:
 
 
 def test_domain_file_test_scores_every_test_sample_of_the_domain(fast_cfg: Any) -> None:
-    from fedsim.federation import build_federation
+    from fedsim.data.federation import build_federation
 
     cfg = fast_cfg("scenario.evaluation.test=domain_file")
     fed = build_federation(cfg.scenario, cfg.seed)
@@ -151,7 +151,7 @@ def test_domain_file_test_scores_every_test_sample_of_the_domain(fast_cfg: Any) 
     assert len(y) == len(fed.data.test_y) > len(fed.client(3).y_holdout)
     assert torch.equal(y, fed.data.test_y)
     with pytest.raises(ConfigError, match=r"evaluation.test: unknown 'all'"):
-        from fedsim.conf import validate
+        from fedsim.engine.conf import validate
 
         validate(fast_cfg("scenario.evaluation.test=all"))
 
@@ -209,7 +209,7 @@ def test_freeze_selects_by_prefix_and_refuses_unknown_prefixes() -> None:
 
 
 def test_frozen_layers_do_not_train_and_do_not_travel(fast_cfg: Any) -> None:
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     full = execute(fast_cfg("rounds=2"))
     part = execute(
@@ -242,7 +242,7 @@ class _Always(torch.nn.Module):
 
 
 def test_confusion_matrix_by_hand() -> None:
-    from fedsim.figures import confusion_image, evaluate_with_confusion
+    from fedsim.tracking.figures import confusion_image, evaluate_with_confusion
 
     y = torch.tensor([0, 1, 2, 2, 1])
     acc, _, matrix = evaluate_with_confusion(
@@ -259,7 +259,7 @@ def test_confusion_matrix_by_hand() -> None:
 def test_tensorboard_gets_the_confusion_image_and_the_client_histogram(fast_cfg: Any) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     rec = execute(fast_cfg("rounds=2"))
     events = EventAccumulator(rec["run_dir"], size_guidance={"images": 0, "histograms": 0})
@@ -272,7 +272,7 @@ def test_tensorboard_gets_the_confusion_image_and_the_client_histogram(fast_cfg:
 
 
 def test_augmented_runs_do_not_depend_on_the_worker_count(fast_cfg: Any, tmp_path: Path) -> None:
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     common = ("rounds=2", "runtime.threads=1", "train.augment.recipe=fraug_digits")
     inline = _rows(execute(fast_cfg(*common, f"output_dir={tmp_path}/a")))

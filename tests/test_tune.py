@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedsim.analysis.tune import draw_settings, parse_space, sobol_settings, tune_markdown
+from fedsim.analysis.tune_trial import validation_value
 from fedsim.cli import main as cli_main
 from fedsim.errors import ConfigError, UserError
-from fedsim.tune import draw_settings, parse_space, sobol_settings, tune_markdown
-from fedsim.tune_trial import validation_value
 
 optuna = pytest.importorskip("optuna")
 
@@ -119,7 +119,13 @@ def test_bad_tuning_input_fails_in_one_line_before_any_run(
 
 
 def _study(tmp_path: Path, trials: int = 2, seed: int = 0) -> tuple[Any, Any, Any]:
-    from fedsim.tune_study import StudyPlan, ensure_study, make_pruner, make_sampler, open_storage
+    from fedsim.analysis.tune_study import (
+        StudyPlan,
+        ensure_study,
+        make_pruner,
+        make_sampler,
+        open_storage,
+    )
 
     store = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     plan = StudyPlan("exp/fedavg", "fedavg", trials, "random", "median", "maximize", {"s": seed})
@@ -142,7 +148,7 @@ def test_a_study_holds_the_enqueued_candidates_and_refuses_another_plan(tmp_path
 
 
 def test_a_trial_left_running_by_a_killed_tuning_resumes_under_its_number(tmp_path: Path) -> None:
-    from fedsim.tune_study import BEAT_ATTR, GRACE_S, recover
+    from fedsim.analysis.tune_study import BEAT_ATTR, GRACE_S, recover
 
     study, store, candidates = _study(tmp_path)
     dists = {"train.lr": parse_space("train.lr=log:0.01:0.3").distribution()}
@@ -162,7 +168,7 @@ def test_a_trial_left_running_by_a_killed_tuning_resumes_under_its_number(tmp_pa
 
 
 def test_a_failed_trial_is_enqueued_again_with_its_parameters(tmp_path: Path) -> None:
-    from fedsim.tune_study import recover
+    from fedsim.analysis.tune_study import recover
 
     study, store, candidates = _study(tmp_path)
     dists = {"train.lr": parse_space("train.lr=log:0.01:0.3").distribution()}
@@ -182,7 +188,7 @@ def test_a_failed_trial_is_enqueued_again_with_its_parameters(tmp_path: Path) ->
     ("name", "stops"), [("none", False), ("median", True), ("hyperband", True)]
 )
 def test_the_pruners_stop_a_hopeless_trial_and_only_it(name: str, stops: bool) -> None:
-    from fedsim.tune_study import make_pruner
+    from fedsim.analysis.tune_study import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(name, 1, 2, 9))
     for good in range(6):  # climbing from 0.55 to 0.95 over 9 rounds
@@ -214,8 +220,14 @@ def test_the_pruners_stop_a_hopeless_trial_and_only_it(name: str, stops: bool) -
 
 
 def test_tpe_starts_from_half_the_random_candidates_then_proposes_its_own(tmp_path: Path) -> None:
-    from fedsim.tune import _candidates
-    from fedsim.tune_study import StudyPlan, ensure_study, make_pruner, make_sampler, open_storage
+    from fedsim.analysis.tune import _candidates
+    from fedsim.analysis.tune_study import (
+        StudyPlan,
+        ensure_study,
+        make_pruner,
+        make_sampler,
+        open_storage,
+    )
 
     space = parse_space("train.lr=log:0.01:0.3")
     start = _candidates("tpe", ["fedavg"], [space], 6, 0)["fedavg"]

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.augment import build_augmenter
+from fedsim.algorithms.training import TrainHooks, make_optimizer, train_local
+from fedsim.algorithms.vectorize import RoundBatcher, VectorizeError, released_while_waiting
+from fedsim.algorithms.vmap_train import train_jobs
 from fedsim.config import AugmentConfig, BackboneConfig, TrainConfig
+from fedsim.data.augment import build_augmenter
 from fedsim.errors import ConfigError
-from fedsim.modelzoo import initial_model
-from fedsim.training import TrainHooks, make_optimizer, train_local
-from fedsim.vectorize import RoundBatcher, VectorizeError, released_while_waiting
-from fedsim.vmap_train import train_jobs
+from fedsim.models.modelzoo import initial_model
 
 CPU = torch.device("cpu")
 
@@ -238,7 +238,7 @@ def test_closure_hooks_fall_back_under_auto_and_refuse_under_on(caplog: Any) -> 
     def closure(model: nn.Module) -> TrainHooks:
         return TrainHooks(after_step=lambda m: None)
 
-    with caplog.at_level(logging.INFO, logger="fedsim.vectorize"):
+    with caplog.at_level(logging.INFO, logger="fedsim.algorithms.vectorize"):
         seq = _clients("logreg", [10, 10], SGD, "off", hooks=closure)
         auto = _clients("logreg", [10, 10], SGD, "auto", hooks=closure)
     _agree(seq, auto, tol=0.0)
@@ -294,7 +294,7 @@ def test_run_on_matches_off(
     tol: float,
     extra: tuple[str, ...],
 ) -> None:
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
     common = (
         f"rounds={rounds}",
@@ -315,7 +315,7 @@ def test_run_on_matches_off(
 
 
 def test_on_refuses_what_cannot_vectorise(fast_cfg: Any) -> None:
-    from fedsim.conf import validate
+    from fedsim.engine.conf import validate
 
     with pytest.raises(ConfigError, match=r"runtime.vectorize=on: strategy=fraug: .*closure"):
         validate(fast_cfg("strategy=fraug", "runtime.vectorize=on"))
@@ -327,9 +327,9 @@ def test_on_refuses_what_cannot_vectorise(fast_cfg: Any) -> None:
 
 
 def test_auto_falls_back_for_fraug_and_says_so(fast_cfg: Any, tmp_path: Path, caplog: Any) -> None:
-    from fedsim.runner import execute
+    from fedsim.engine.runner import execute
 
-    with caplog.at_level(logging.INFO, logger="fedsim.vectorize"):
+    with caplog.at_level(logging.INFO, logger="fedsim.algorithms.vectorize"):
         rec = execute(
             fast_cfg(
                 "strategy=fraug", "rounds=1", "scenario.num_clients=3", "runtime.vectorize=auto"
@@ -341,7 +341,7 @@ def test_auto_falls_back_for_fraug_and_says_so(fast_cfg: Any, tmp_path: Path, ca
 
 
 def test_an_undeclared_lock_trains_one_by_one_instead_of_deadlocking(caplog: Any) -> None:
-    with caplog.at_level(logging.INFO, logger="fedsim.vectorize"):
+    with caplog.at_level(logging.INFO, logger="fedsim.algorithms.vectorize"):
         auto = _clients("logreg", [10, 10], SGD, "auto", declare=False)
     _agree(_clients("logreg", [10, 10], SGD, "off"), auto, tol=0.0)
     assert any("declared no lock" in r.getMessage() for r in caplog.records)

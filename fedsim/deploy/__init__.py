@@ -23,7 +23,7 @@ Modules, by concern:
 
 Latency.  Flower 1.42's default path waits a lot (3 s grid pulls, 3 s fleet polls, a
 fresh ``flwr-clientapp`` process per message).  The ServerApp wraps Flower's ``HttpGrid``
-in :class:`fedsim.grid.PollingGrid` (0.1 s pulls); ``fedsim deploy supernode --fast``
+in :class:`fedsim.engine.grid.PollingGrid` (0.1 s pulls); ``fedsim deploy supernode --fast``
 adds the warm executor and a shorter fleet poll (see :mod:`fedsim.deploy.executor`).
 See ``bench/results/deploy_latency.md`` for the per-round overhead before and after.
 """
@@ -46,7 +46,7 @@ from fedsim.deploy.commands import (
     write_connection,
 )
 from fedsim.deploy.executor import FAST_POLL_S, run_fast_supernode, serve_clientapps
-from fedsim.grid import GRID_POLL_S, PollingGrid
+from fedsim.engine.grid import GRID_POLL_S, PollingGrid
 
 __all__ = [
     "CLIENTAPPIO_PORT",

@@ -148,7 +148,7 @@ def cmd_deploy(args: list[str]) -> int:
     if a.command == "register":
         return _exec(register_command(_need(a.public_key, "public key"), a.connection), dry)
     if a.command == "run":
-        from fedsim.conf import compose
+        from fedsim.engine.conf import compose
 
         compose(list(a.overrides))  # a bad override fails here, before anything is written
         if a.superlink:

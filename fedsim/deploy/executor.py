@@ -44,7 +44,7 @@ def _run_task(address: str, insecure: bool, root_certificates: bytes | None, tok
         push_task_output,
     )
 
-    from fedsim.app import client_app
+    from fedsim.engine.app import client_app
 
     client = RuntimeHttpClient.from_server_address(
         server_address=address,
@@ -123,7 +123,7 @@ def serve_clientapps(
         retry_invoker=make_simple_http_retry_invoker(),
     )
     stop = stop or threading.Event()
-    import fedsim.app  # noqa: F401  # load torch and fedsim before the first task arrives
+    import fedsim.engine.app  # noqa: F401  # load torch and fedsim before the first task arrives
 
     while not stop.is_set():
         try:

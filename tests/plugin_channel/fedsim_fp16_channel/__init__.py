@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsim.channels import Channel
+from fedsim.algorithms.channels import Channel
 
 
 class HalfPrecision(Channel):

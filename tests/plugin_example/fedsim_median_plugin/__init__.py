@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.algorithms.registry import AlgorithmSpec
+from fedsim.algorithms.strategy import Strategy
 from fedsim.config import RunConfig, StrategyConfig
 from fedsim.errors import ConfigError
 from fedsim.records import numpy_from_arrays
-from fedsim.registry import AlgorithmSpec
-from fedsim.strategy import Strategy
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Analysis: reading run directories, comparisons, tables, statistics, plots, tuning."""

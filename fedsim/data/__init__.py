@@ -1,0 +1,2 @@
+"""Data and scenarios: sources, partitions, shifts, open-world splits, participation, faults,
+augmentation, the federation."""

@@ -1,0 +1,1 @@
+"""Tracking: run status, metrics files, TensorBoard, figures and logs."""
