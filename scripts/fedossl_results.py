@@ -48,10 +48,7 @@ COMMON = [
     "train.weight_decay=5e-4",
     "train.persist_optimizer=true",
     "strategy.protocol=transductive",
-    "train.augment.recipe=cifar",  # pad-and-crop (the padding per scenario below) ...
-    "train.augment.flip=0",  # ... without flip: a mirrored digit is another symbol
-    "backbone=cnn_digits",
-    "backbone.width=0.25",
+    "train.augment.recipe=cifar",  # pad-and-crop (the padding per scenario below)
     f"eval_every={ROUNDS}",
     "runtime.threads=1",
     "progress=false",
@@ -59,12 +56,18 @@ COMMON = [
 
 #: scenario -> extra overrides (mnist_open_world subsampled to fit one CPU core); the crop
 #: padding is the tables' image height / 8 (1 px on 8x8, 3 px on 28x28)
+#: (digits without flip: a mirrored digit is another symbol; CIFAR with the official flip)
+DIGITS_CNN = ["backbone=cnn_digits", "backbone.width=0.25"]
 BUDGETS: dict[str, list[str]] = {
-    "digits_open_world": ["train.augment.crop_padding=1"],
+    "digits_open_world": [*DIGITS_CNN, "train.augment.crop_padding=1", "train.augment.flip=0"],
     "mnist_open_world": [
+        *DIGITS_CNN,
         "scenario.dataset.sources.0.max_samples=1500",
         "train.augment.crop_padding=3",
+        "train.augment.flip=0",
     ],
+    # ResNet-18 with the CIFAR stem at the width one CPU core allows (the paper: width 1)
+    "cifar10_open_world": ["backbone=resnet18", "backbone.width=0.25"],
 }
 
 
@@ -72,16 +75,19 @@ BUDGETS: dict[str, list[str]] = {
 #: layers that train (the last block and the head of ``cnn_digits``: the official run
 #: trains ResNet-18's ``layer4`` and the head on top of SimCLR weights)
 PRETRAINED: dict[str, Path] = {}
-TRAINABLE = "train.trainable=[fc2,bn5,head]"
+TRAINABLE = {
+    "digits_open_world": "train.trainable=[fc2,bn5,head]",
+    "mnist_open_world": "train.trainable=[fc2,bn5,head]",
+    "cifar10_open_world": "train.trainable=[layer4,head]",  # as the official run
+}
 
 
 def pretrain_command(scenario: str, ckpt: Path, epochs: int) -> list[str]:
     """``fedsim pretrain`` on the scenario's pooled training images (not their labels)."""
-    budget = [o for o in BUDGETS[scenario] if o.startswith("scenario.")]
+    budget = [o for o in BUDGETS[scenario] if o.startswith(("scenario.", "backbone"))]
     return [
-        FEDSIM, "pretrain", f"scenario={scenario}", "backbone=cnn_digits", "backbone.width=0.25",
-        *budget, "runtime.threads=1", "--epochs", str(epochs), "--batch-size", "256",
-        "--out", str(ckpt),
+        FEDSIM, "pretrain", f"scenario={scenario}", *budget, "runtime.threads=1",
+        "--epochs", str(epochs), "--batch-size", "256", "--out", str(ckpt),
     ]  # fmt: skip
 
 
@@ -128,7 +134,7 @@ def overrides(out: Path, scenario: str, method: str, seed: int) -> list[str]:
         *BUDGETS[scenario],
         *extra,
         *(
-            [f"backbone.checkpoint={PRETRAINED[scenario]}", TRAINABLE]
+            [f"backbone.checkpoint={PRETRAINED[scenario]}", TRAINABLE[scenario]]
             if scenario in PRETRAINED
             else []
         ),
@@ -356,10 +362,11 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
             [
                 "* **Pretrained start**: every run loads a SimCLR checkpoint of its scenario "
                 "(`fedsim pretrain` on the pooled client training images, never their labels) "
-                f"and trains only `{TRAINABLE.split('=', 1)[1]}` (the last block and the "
-                "head); checkpoints made by: "
+                "and trains only the last block and the head ("
+                + ", ".join(f"{sc}: `{TRAINABLE[sc].split('=', 1)[1]}`" for sc in PRETRAINED)
+                + "); checkpoints made by: "
                 + "; ".join(
-                    f"`{' '.join(pretrain_command(sc, ck, args.pretrain_epochs)[1:])}`"
+                    f"`{' '.join(pretrain_command(sc, ck, epochs_for(args, sc))[1:])}`"
                     for sc, ck in PRETRAINED.items()
                 )
             ]
@@ -393,16 +400,23 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
             "protocol": {
                 "pretrained": True,
                 "pretrain_commands": {
-                    sc: " ".join(pretrain_command(sc, ck, args.pretrain_epochs)[1:])
+                    sc: " ".join(pretrain_command(sc, ck, epochs_for(args, sc))[1:])
                     for sc, ck in PRETRAINED.items()
                 },
-                "trainable": TRAINABLE,
+                "trainable": {sc: TRAINABLE[sc] for sc in PRETRAINED},
             },
             **doc,
         }
     if "fedossl" in METHODS and "fedossl_orca" in METHODS:
         doc["paired_fedossl_minus_orca"] = {sc: paired_rows(out, sc, seeds) for sc in scenarios}
     (REPO / args.summary).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def epochs_for(args: argparse.Namespace, scenario: str) -> int:
+    """SimCLR epochs of a scenario's checkpoint (``--pretrain-epochs``, or its own value
+    from ``--pretrain-epochs-for scenario=N``: ResNet-18 on CIFAR costs far more per epoch)."""
+    given = dict(item.split("=", 1) for item in args.pretrain_epochs_for)
+    return int(given.get(scenario, args.pretrain_epochs))
 
 
 def main() -> None:
@@ -425,6 +439,10 @@ def main() -> None:
         "fedossl and fedossl_orca from it with only the last block and the head trainable",
     )  # fmt: skip
     parser.add_argument(
+        "--pretrain-epochs-for", nargs="*", default=[], metavar="SCENARIO=N",
+        help="a scenario's own number of SimCLR epochs (default: --pretrain-epochs)",
+    )  # fmt: skip
+    parser.add_argument(
         "--methods", nargs="*", default=None, help="a subset of the methods (default: all)"
     )
     args = parser.parse_args()
@@ -436,9 +454,9 @@ def main() -> None:
         METHODS = ("fedossl", "fedossl_orca")
         for sc in args.only:
             PRETRAINED[sc] = (
-                pretrain(out, sc, args.pretrain_epochs)
+                pretrain(out, sc, epochs_for(args, sc))
                 if not args.report_only
-                else out / f"simclr-{sc}-{args.pretrain_epochs}ep.pt"
+                else out / f"simclr-{sc}-{epochs_for(args, sc)}ep.pt"
             )
     if not args.report_only:
         todo = [(sc, m, s) for sc in args.only for s in args.seeds for m in METHODS]
