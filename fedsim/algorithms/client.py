@@ -51,6 +51,7 @@ from fedsim.data.augment import Augmenter, build_augmenter
 from fedsim.data.federation import Federation
 from fedsim.models.modelzoo import frozen_keys, resolve_device
 from fedsim.records import (
+    array_records,
     arrays_from_state,
     state_from_arrays,
 )
@@ -285,8 +286,8 @@ class Client:
         """Global arrays + this client's local tensors -> the shared model object."""
         state = state_from_arrays(arrays)
         if self.keep:
-            if LOCAL_KEY in self.state.array_records:
-                state.update(state_from_arrays(self.state.array_records[LOCAL_KEY]))
+            if LOCAL_KEY in array_records(self.state):
+                state.update(state_from_arrays(array_records(self.state)[LOCAL_KEY]))
             else:
                 state.update({k: self.env.init_state[k] for k in self.keep})
         missing = set(self.env.init_state) - set(state)
@@ -316,8 +317,8 @@ class Client:
             self.cfg.train if train is None else train,
             self.lr(server_round) if server_round else None,
         )
-        if self.cfg.train.persist_optimizer and OPTIM_KEY in self.state.array_records:
-            saved = state_from_arrays(self.state.array_records[OPTIM_KEY])
+        if self.cfg.train.persist_optimizer and OPTIM_KEY in array_records(self.state):
+            saved = state_from_arrays(array_records(self.state)[OPTIM_KEY])
             sd = opt.state_dict()
             for key, tensor in saved.items():
                 idx, name = key.split("/", 1)

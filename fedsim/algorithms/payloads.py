@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedsim.records import array_records, config_records, metric_records
+
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
@@ -41,10 +43,10 @@ class TrainIns:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> TrainIns:
-        config = dict(record.config_records[CONFIG])
+        config = dict(config_records(record)[CONFIG])
         server_round = int(config.pop(ROUND))  # type: ignore[arg-type]  # ConfigRecord values are scalars here
-        extra = {k: v for k, v in record.array_records.items() if k != ARRAYS}
-        return cls(record.array_records[ARRAYS], server_round, config, extra)  # type: ignore[arg-type]
+        extra = {k: v for k, v in array_records(record).items() if k != ARRAYS}
+        return cls(array_records(record)[ARRAYS], server_round, config, extra)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,10 @@ class TrainRes:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> TrainRes:
-        metrics = {k: float(v) for k, v in record.metric_records[METRICS].items()}  # type: ignore[arg-type]
+        metrics = {k: float(v) for k, v in metric_records(record)[METRICS].items()}  # type: ignore[arg-type]
         n = int(metrics.pop(NUM_EXAMPLES))
-        extra = {k: v for k, v in record.array_records.items() if k != ARRAYS}
-        return cls(record.array_records[ARRAYS], n, metrics, extra)
+        extra = {k: v for k, v in array_records(record).items() if k != ARRAYS}
+        return cls(array_records(record)[ARRAYS], n, metrics, extra)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class EvalIns:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> EvalIns:
-        rnd = int(record.config_records[CONFIG][ROUND])  # type: ignore[arg-type]
-        return cls(record.array_records[ARRAYS], rnd)
+        rnd = int(config_records(record)[CONFIG][ROUND])  # type: ignore[arg-type]
+        return cls(array_records(record)[ARRAYS], rnd)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class EvalRes:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> EvalRes:
-        metrics = {k: float(v) for k, v in record.metric_records[METRICS].items()}  # type: ignore[arg-type]
+        metrics = {k: float(v) for k, v in metric_records(record)[METRICS].items()}  # type: ignore[arg-type]
         return cls(int(metrics.pop(NUM_EXAMPLES)), metrics)
 
 
@@ -117,4 +119,4 @@ class Identity:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> Identity:
-        return cls(int(record.metric_records[METRICS]["partition-id"]))  # type: ignore[arg-type]
+        return cls(int(metric_records(record)[METRICS]["partition-id"]))  # type: ignore[arg-type]

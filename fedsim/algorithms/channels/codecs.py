@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from fedsim.records import array_records
+
 SEP = "|"  # record key = "<array name>|<part>"; model keys contain dots, never bars
 SHAPE = "shape"  # the part that describes an encoded array's shape (framing, not counted)
 QSGD_BUCKET = 512
@@ -41,7 +43,7 @@ def wire_nbytes(messages: Iterable[Message]) -> int:
         payload_nbytes(rec)
         for m in messages
         if m.has_content()
-        for rec in m.content.array_records.values()
+        for rec in array_records(m.content).values()
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -185,7 +185,8 @@ def links_for(cfg: RunConfig) -> Links:
     """The links of a run (``channel.up`` / ``channel.down``, the algorithm's exact
     records), built once per process: every caller with an equal configuration gets the
     same objects."""
-    return _links(cfg.seed, cfg.strategy.name, astuple(cfg.channel.up), astuple(cfg.channel.down))
+    up, down = cfg.channel.up, cfg.channel.down  # field values, not astuple's deep copies
+    return _links(cfg.seed, cfg.strategy.name, tuple(vars(up).values()), tuple(vars(down).values()))
 
 
 @lru_cache(maxsize=8)

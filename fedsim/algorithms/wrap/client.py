@@ -35,7 +35,7 @@ from fedsim.algorithms.channels import links_for
 from fedsim.algorithms.payloads import ARRAYS, CONFIG, ROUND
 from fedsim.config import RunConfig
 from fedsim.data import faults
-from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.records import array_records, arrays_from_numpy, config_records, numpy_from_arrays
 from fedsim.seeding import derive_rng
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
@@ -45,7 +45,7 @@ PARTITION_KEY = "partition-id"
 
 
 def _round(msg: Message) -> int:
-    return int(msg.content.config_records[CONFIG][ROUND])  # type: ignore[arg-type]
+    return int(config_records(msg.content)[CONFIG][ROUND])  # type: ignore[arg-type]
 
 
 def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
@@ -59,7 +59,7 @@ def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
         links = links_for(config_of(context))
         if links.native:
             return call_next(msg, context)
-        got, references = links.delivered(msg.content.array_records)
+        got, references = links.delivered(array_records(msg.content))
         content = RecordDict(dict(msg.content.items()))
         for name, record in got.items():
             content[name] = record
@@ -72,7 +72,7 @@ def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
         if not links.up.verbatim:
             pid = int(context.node_config[PARTITION_KEY])
             sent = links.up.send(
-                reply.content.array_records,
+                array_records(reply.content),
                 _round(msg),
                 pid,
                 reference=references,
@@ -87,9 +87,9 @@ def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
 
 def _keep_local(reply: Message, received: set[str]) -> None:
     """Drop from the reply's model arrays every key the client did not receive."""
-    if ARRAYS not in reply.content.array_records or not received:
+    if ARRAYS not in array_records(reply.content) or not received:
         return
-    record = reply.content.array_records[ARRAYS]
+    record = array_records(reply.content)[ARRAYS]
     extra = [k for k in record if k not in received]
     if extra:
         reply.content[ARRAYS] = arrays_from_numpy(
@@ -109,18 +109,18 @@ def fault_mod(config_of: ConfigOf) -> Mod:
         rnd = _round(msg)
         fault = faults.fault_for(injected, cfg.seed, rnd, pid)
         faults.before_fit(fault, injected, rnd, pid)
-        received = msg.content.array_records.get(ARRAYS)
+        received = array_records(msg.content).get(ARRAYS)
         reply = call_next(msg, context)
-        if reply.has_error() or ARRAYS not in reply.content.array_records:
+        if reply.has_error() or ARRAYS not in array_records(reply.content):
             return reply
         if fault == faults.NAN:
-            reply.content[ARRAYS] = faults.poison(reply.content.array_records[ARRAYS])
+            reply.content[ARRAYS] = faults.poison(array_records(reply.content)[ARRAYS])
         elif received is not None and faults.attacks(
             injected, cfg.scenario.num_clients, cfg.seed, pid
         ):
             rng = derive_rng(cfg.seed, "attack", rnd, pid)
             reply.content[ARRAYS] = faults.attack(
-                injected, received, reply.content.array_records[ARRAYS], rng
+                injected, received, array_records(reply.content)[ARRAYS], rng
             )
         return reply
 

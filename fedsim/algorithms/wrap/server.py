@@ -47,7 +47,7 @@ from fedsim.algorithms.payloads import ARRAYS, EvalRes
 from fedsim.algorithms.strategy import Algorithm, ServerContext
 from fedsim.algorithms.wrap.state import flower_state, load_flower_state, wrapped_strategy
 from fedsim.data.participation import ParticipationSampler
-from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class FedsimStrategy(FlowerStrategy):
     def _encode_down(self, server_round: int, msg: Message) -> Message:
         """One client's message through ``channel.down``; remember what it decodes."""
         pid = self.ctx.partition_of[msg.metadata.dst_node_id]
-        sent = self.links.down.send(msg.content.array_records, server_round, pid)
+        sent = self.links.down.send(array_records(msg.content), server_round, pid)
         _, self._received[pid] = self.links.delivered(sent)
         content = RecordDict(dict(msg.content.items()))
         for name, record in sent.items():
@@ -217,16 +217,13 @@ class FedsimStrategy(FlowerStrategy):
         (a copy: the message as it travelled stays as it was)."""
         # copies down to the record mappings: some of Flower's strategies pop arrays out
         content = RecordDict(
-            {
-                k: ArrayRecord(dict(v.items())) if isinstance(v, ArrayRecord) else v
-                for k, v in msg.content.items()
-            }
+            {k: _shallow(v) if isinstance(v, ArrayRecord) else v for k, v in msg.content.items()}
         )
         decoded = copy.copy(msg)
         decoded.__dict__["_content"] = content
         if not self.links.coded or self.links.up.verbatim:
             return decoded
-        travelled = dict(msg.content.array_records)
+        travelled = dict(array_records(msg.content))
         received = self.links.up.receive(travelled, reference=self._received.get(pid, {}))
         for name, record in received.items():
             if record is not travelled[name]:  # decoded; the others stay the copies above
@@ -235,7 +232,7 @@ class FedsimStrategy(FlowerStrategy):
 
     def _usable(self, server_round: int, pid: int, msg: Message) -> bool:
         """False (and logged) for replies with non-finite values or an absurd update."""
-        records = {n: numpy_from_arrays(r) for n, r in msg.content.array_records.items()}
+        records = {n: numpy_from_arrays(r) for n, r in array_records(msg.content).items()}
         model = records.pop(ARRAYS, {})
         current = self.ctx.global_arrays
         norm = update_norm(model, current)  # non-finite if any NaN/Inf it covers
@@ -382,4 +379,13 @@ def summarise_evaluation(
     if len(by_domain) > 1:
         for name, dom_accs in sorted(by_domain.items()):
             out[f"acc_domain/{name}"] = float(np.mean(dom_accs))
+    return out
+
+
+def _shallow(record: ArrayRecord) -> ArrayRecord:
+    """A new ArrayRecord holding the same Array objects (``ArrayRecord(dict)`` would
+    rebuild every Array once more)."""
+    out = ArrayRecord()
+    for name, arr in record.items():
+        out[name] = arr
     return out
