@@ -232,7 +232,7 @@ def cmd_compare(args: list[str]) -> int:
 
 
 def cmd_tune(args: list[str]) -> int:
-    from fedsim.analysis.tune import main as tune_main
+    from fedsim.analysis.tune_cli import main as tune_main
 
     return tune_main(args)
 

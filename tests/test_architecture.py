@@ -108,12 +108,16 @@ def test_every_imported_package_is_declared() -> None:
     assert missing == {}, f"imported but not in pyproject.toml's dependencies: {missing}"
 
 
-@pytest.mark.parametrize("package", ["fedsim", "strategies", "clients", "protocols"])
-def test_no_module_over_500_lines(package: str) -> None:
+#: the core's modules stay short (one concern each); an algorithm's halves may be longer
+LINE_LIMITS = {"fedsim": 400, "strategies": 500, "clients": 500, "protocols": 500}
+
+
+@pytest.mark.parametrize("package", list(LINE_LIMITS))
+def test_no_module_over_its_line_limit(package: str) -> None:
     long = {
         str(p.relative_to(ROOT)): n
         for p in (ROOT / package).rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 500
+        if (n := len(p.read_text().splitlines())) > LINE_LIMITS[package]
     }
     assert not long, f"split these modules by concern: {long}"
 

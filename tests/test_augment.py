@@ -12,11 +12,11 @@ from fedsim.config import AugmentConfig
 from fedsim.data.augment import (
     RECIPES,
     Augmenter,
-    AugParams,
     build_augmenter,
     resolve,
     validate_augment,
 )
+from fedsim.data.augment_params import AugParams
 from fedsim.errors import ConfigError
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])

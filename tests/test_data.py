@@ -1,5 +1,5 @@
-"""Tests of fedsim.data.datasets: loaders on tiny synthesised files, build_dataset, real shared
-data."""
+"""Tests of fedsim.data's sources: the loaders (loaders, cifar_batches, image_folder) on tiny
+synthesised files, load_source, validate_dataset, build_dataset, real shared data."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ import torch
 from PIL import Image
 
 from fedsim.config import DatasetConfig, SourceConfig
-from fedsim.data.datasets import (
+from fedsim.data.cifar_batches import load_cifar
+from fedsim.data.dataset_checks import validate_dataset
+from fedsim.data.datasets import build_dataset
+from fedsim.data.image_folder import load_image_folder
+from fedsim.data.loaders import (
     FORMATS,
-    build_dataset,
     default_data_root,
-    load_cifar,
     load_idx,
-    load_image_folder,
     load_npz,
     load_sklearn_digits,
-    load_source,
-    validate_dataset,
 )
+from fedsim.data.sources import load_source
 from fedsim.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- helpers

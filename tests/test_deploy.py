@@ -150,13 +150,13 @@ class FakeGrid:
 
 @pytest.fixture
 def quick_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedsim.engine import server
+    from fedsim.engine import nodes
 
-    monkeypatch.setattr(server, "NODE_WAIT_POLL_S", 0.0)
+    monkeypatch.setattr(nodes, "NODE_WAIT_POLL_S", 0.0)
 
 
 def test_discovery_waits_for_nodes_that_connect_late(quick_wait: None) -> None:
-    from fedsim.engine.server import discover_nodes
+    from fedsim.engine.nodes import discover_nodes
 
     grid = FakeGrid({101: 0}, late={102: 1, 103: 2})
     node_of = discover_nodes(grid, 3, timeout=5.0)  # type: ignore[arg-type]
@@ -164,7 +164,7 @@ def test_discovery_waits_for_nodes_that_connect_late(quick_wait: None) -> None:
 
 
 def test_discovery_gives_up_below_min_clients(quick_wait: None) -> None:
-    from fedsim.engine.server import discover_nodes
+    from fedsim.engine.nodes import discover_nodes
     from fedsim.errors import RunFailed
 
     grid = FakeGrid({101: 0})
@@ -174,7 +174,7 @@ def test_discovery_gives_up_below_min_clients(quick_wait: None) -> None:
 
 
 def test_a_restarted_node_replaces_its_partitions_old_node_id() -> None:
-    from fedsim.engine.server import rediscover_nodes
+    from fedsim.engine.nodes import rediscover_nodes
 
     grid = FakeGrid({101: 0, 103: 2, 204: 1})  # partition 1 came back as node 204
     node_of = {0: 101, 1: 102, 2: 103}

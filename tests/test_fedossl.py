@@ -19,7 +19,8 @@ from clients.fedossl import (
     suppressed_loss,
 )
 from fedsim.config import AugmentConfig
-from fedsim.data.augment import Augmenter, AugParams, build_augmenter, resolve
+from fedsim.data.augment import Augmenter, build_augmenter, resolve
+from fedsim.data.augment_params import AugParams
 from fedsim.engine.app import CONFIG_KEY, make_client_app
 from fedsim.engine.conf import to_json
 from fedsim.engine.server import run_experiment

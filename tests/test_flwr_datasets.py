@@ -235,7 +235,7 @@ def usps_copies(tmp_path: Path) -> dict[str, Any]:
 def test_local_hugging_face_copies_load_to_the_arrays_of_the_npz(
     usps_copies: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.data.datasets import load_source
+    from fedsim.data.sources import load_source
 
     root, x, y = usps_copies["root"], usps_copies["x"], usps_copies["y"]
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "cache"))

@@ -9,14 +9,13 @@ from hypothesis import strategies as st
 
 from fedsim.config import PartitionConfig
 from fedsim.data.partition import (
-    KINDS,
     holdout_sizes,
     label_skew,
     partition,
     split_holdout,
     split_holdouts,
-    validate_partition,
 )
+from fedsim.data.partition_checks import KINDS, validate_partition
 from fedsim.errors import ConfigError
 
 FAST = settings(max_examples=40, deadline=None)

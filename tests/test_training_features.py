@@ -151,7 +151,7 @@ def test_domain_file_test_scores_every_test_sample_of_the_domain(fast_cfg: Any) 
     assert len(y) == len(fed.data.test_y) > len(fed.client(3).y_holdout)
     assert torch.equal(y, fed.data.test_y)
     with pytest.raises(ConfigError, match=r"evaluation.test: unknown 'all'"):
-        from fedsim.engine.conf import validate
+        from fedsim.engine.validation import validate
 
         validate(fast_cfg("scenario.evaluation.test=all"))
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.analysis.tune import draw_settings, parse_space, sobol_settings, tune_markdown
+from fedsim.analysis.tune import draw_settings, parse_space, sobol_settings
+from fedsim.analysis.tune_report import tune_markdown
 from fedsim.analysis.tune_trial import validation_value
 from fedsim.cli import main as cli_main
 from fedsim.errors import ConfigError, UserError

@@ -315,7 +315,7 @@ def test_run_on_matches_off(
 
 
 def test_on_refuses_what_cannot_vectorise(fast_cfg: Any) -> None:
-    from fedsim.engine.conf import validate
+    from fedsim.engine.validation import validate
 
     with pytest.raises(ConfigError, match=r"runtime.vectorize=on: strategy=fraug: .*closure"):
         validate(fast_cfg("strategy=fraug", "runtime.vectorize=on"))

@@ -21,8 +21,8 @@ class Classification(Task):
     """The scenario's images and labels, a backbone with a classification head."""
 
     def validate(self, cfg: RunConfig) -> None:
-        from fedsim.data.datasets import validate_dataset
-        from fedsim.data.partition import validate_partition
+        from fedsim.data.dataset_checks import validate_dataset
+        from fedsim.data.partition_checks import validate_partition
 
         s = cfg.scenario
         validate_dataset(s.dataset)

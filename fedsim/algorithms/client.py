@@ -233,7 +233,7 @@ def kept_keys(client_class: type[Client], model: nn.Module, cfg: RunConfig) -> s
     (:meth:`Client.local_keys`) and, under differential privacy (``dp.kind``), the model's
     integer buffers (BatchNorm's step counters): Flower's clipping cannot scale an integer
     array, so a sent counter would put the reply's norm above the clipping bound.  The
-    client and the server (``fedsim.engine.server.build_strategy``) both ask here."""
+    client and the server (``fedsim.engine.experiment.build_strategy``) both ask here."""
     keys = set(client_class.local_keys(model, cfg))
     if cfg.dp.kind != "none":
         keys |= {k for k, v in model.state_dict().items() if not v.is_floating_point()}
@@ -273,8 +273,8 @@ class Client:
         """State-dict keys of ``model`` that never leave the client (none for FedAvg).
 
         The one rule of an algorithm, defined in its protocol module; the server asks
-        the client class with its own model (``fedsim.engine.server.build_strategy``), so both
-        halves agree on what travels."""
+        the client class with its own model
+        (``fedsim.engine.experiment.build_strategy``), so both halves agree on what travels."""
         return set()
 
     def local_run(self, ins: TrainIns) -> LocalRun[Any]:

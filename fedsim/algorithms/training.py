@@ -30,7 +30,8 @@ from fedsim.algorithms.hooks import (
 )
 from fedsim.algorithms.optim import Optimizer
 from fedsim.config import TrainConfig
-from fedsim.data.augment import Augmenter, AugParams
+from fedsim.data.augment import Augmenter
+from fedsim.data.augment_params import AugParams
 
 __all__ = [
     "BatchOut",

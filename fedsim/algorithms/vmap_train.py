@@ -3,15 +3,16 @@
 
 Each client's trainable parameters, frozen parameters, buffers and optimizer state are
 stacked along a new leading dimension; one ``torch.func.vmap`` of ``grad_and_value`` over
-``functional_call`` computes every client's gradient at once, and SGD (momentum, weight
-decay) and Adam are applied to the stacked tensors with the same formulas, in the same
-order of operations, as ``torch.optim.SGD`` / ``torch.optim.Adam`` (defaults: no
-dampening, no Nesterov, no AMSGrad).  Every client keeps its own index batches (drawn by
-:func:`fedsim.algorithms.training.batches` from its own generator, in its order); at step ``t`` the
-clients that still have a batch are grouped by that batch's size and each group is one
-batched call, so ragged client sizes and step counts are exact (no padding: batch norm
-sees exactly the client's batch) and a finished client is simply left out.  Batch norm
-in training mode updates each client's running statistics in its own buffer slice.
+``functional_call`` computes every client's gradient at once, and SGD (momentum,
+Nesterov, weight decay) and Adam (:mod:`fedsim.algorithms.stacked_optim`) are applied to the stacked
+tensors with the same formulas, in the same order of operations, as ``torch.optim.SGD`` /
+``torch.optim.Adam`` (no dampening, no AMSGrad).  Every client
+keeps its own index batches (drawn by :func:`fedsim.algorithms.training.batches` from its
+own generator, in its order); at step ``t`` the clients that still have a batch are
+grouped by that batch's size and each group is one batched call, so ragged client sizes
+and step counts are exact (no padding: batch norm sees exactly the client's batch) and a
+finished client is simply left out.  Batch norm in training mode updates each client's
+running statistics in its own buffer slice.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from fedsim.algorithms import optim
 from fedsim.algorithms.hooks import TrainHooks, TrainStats, autocast, train_mode
 from fedsim.algorithms.optim import Optimizer
+from fedsim.algorithms.stacked_optim import StackedOptim
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _train_group(jobs: list[Job]) -> None:
             bsize[i, t] = len(b)
     index = index.to(dev)
 
-    opt = _StackedOptim(jobs, params, dev)
+    opt = StackedOptim(jobs, params, dev)
     with_ref = ref is not None
 
     def loss_one(
@@ -292,114 +294,3 @@ def _clip_rows(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, tor
     sq = sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values())
     coef = (max_norm / (torch.as_tensor(sq).sqrt() + 1e-6)).clamp(max=1.0)
     return {k: g * coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}
-
-
-class _StackedOptim:
-    """``torch.optim.SGD`` / ``Adam`` (or :mod:`fedsim.algorithms.optim`'s, the same arithmetic) on
-    stacked tensors (one row per client)."""
-
-    def __init__(self, jobs: list[Job], params: dict[str, torch.Tensor], dev: torch.device):
-        g = jobs[0].optimizer.param_groups[0]
-        self.names = jobs[0].names
-        self.adam = optim.kind(jobs[0].optimizer) == "adam"
-        self.lr, self.wd = float(g["lr"]), float(g["weight_decay"])
-        self.momentum = 0.0 if self.adam else float(g["momentum"])
-        self.nesterov = bool(g.get("nesterov", False))
-        self.dev = dev
-
-        def stacked(name: str) -> dict[str, torch.Tensor]:  # absent state starts at zeros
-            return {
-                k: torch.stack(
-                    [
-                        j.state[k][name].to(dev) if name in j.state[k] else torch.zeros_like(v[0])
-                        for j in jobs
-                    ]
-                )
-                for k, v in params.items()
-            }
-
-        if self.adam:
-            self.beta1, self.beta2 = (float(b) for b in g["betas"])
-            self.eps = float(g["eps"])
-            self.exp_avg, self.exp_avg_sq = stacked("exp_avg"), stacked("exp_avg_sq")
-            first = self.names[0] if self.names else ""
-            self.count = torch.tensor(
-                [float(j.state.get(first, {}).get("step", 0.0)) for j in jobs], dtype=torch.float64
-            )
-        elif self.momentum:
-            self.buf = stacked("momentum_buffer")
-            self.has_buf = torch.tensor(
-                [
-                    all(j.state[k].get("momentum_buffer") is not None for k in self.names)
-                    for j in jobs
-                ],
-                device=dev,
-            )
-
-    @staticmethod
-    def _rows(d: dict[str, torch.Tensor], k: str, sel: torch.Tensor, full: bool) -> torch.Tensor:
-        return d[k] if full else d[k].index_select(0, sel)
-
-    @staticmethod
-    def _put(
-        d: dict[str, torch.Tensor], k: str, sel: torch.Tensor, full: bool, v: torch.Tensor
-    ) -> None:
-        if full:
-            d[k] = v
-        else:
-            d[k].index_copy_(0, sel, v)
-
-    def step(
-        self,
-        p: dict[str, torch.Tensor],
-        grads: dict[str, torch.Tensor],
-        sel: torch.Tensor,
-        full: bool,
-    ) -> dict[str, torch.Tensor]:
-        """One optimiser step of the selected clients: their new parameters."""
-        new: dict[str, torch.Tensor] = {}
-        if self.adam:
-            cpu_sel = sel.cpu()
-            self.count[cpu_sel] += 1
-            stp = self.count[cpu_sel]
-            step_size = (self.lr / (1 - self.beta1**stp)).float().to(self.dev)
-            bc2_sqrt = ((1 - self.beta2**stp) ** 0.5).float().to(self.dev)
-        for k in self.names:
-            gk = grads[k] if not self.wd else grads[k] + self.wd * p[k]
-            shape = (-1,) + (1,) * (gk.dim() - 1)
-            if self.adam:
-                m = torch.lerp(self._rows(self.exp_avg, k, sel, full), gk, 1 - self.beta1)
-                v = (
-                    self._rows(self.exp_avg_sq, k, sel, full) * self.beta2
-                    + (1 - self.beta2) * gk * gk
-                )
-                denom = v.sqrt() / bc2_sqrt.view(shape) + self.eps
-                new[k] = p[k] + (-step_size).view(shape) * (m / denom)
-                self._put(self.exp_avg, k, sel, full, m)
-                self._put(self.exp_avg_sq, k, sel, full, v)
-                continue
-            if self.momentum:
-                hb = self.has_buf if full else self.has_buf.index_select(0, sel)
-                b = self._rows(self.buf, k, sel, full)
-                buf = torch.where(hb.view(shape), b * self.momentum + gk, gk)
-                self._put(self.buf, k, sel, full, buf)
-                gk = gk + self.momentum * buf if self.nesterov else buf
-            new[k] = p[k] - self.lr * gk
-        if self.momentum:
-            self.has_buf[sel] = True
-        return new
-
-    def state_of(self, i: int, job: Job) -> dict[str, dict[str, Any]]:
-        """Client ``i``'s optimizer state after training, as torch.optim keeps it."""
-        if self.adam and float(self.count[i]) > 0:
-            return {
-                k: {
-                    "step": torch.tensor(float(self.count[i])),
-                    "exp_avg": self.exp_avg[k][i].clone(),
-                    "exp_avg_sq": self.exp_avg_sq[k][i].clone(),
-                }
-                for k in self.names
-            }
-        if self.momentum and bool(self.has_buf[i]):
-            return {k: {"momentum_buffer": self.buf[k][i].clone()} for k in self.names}
-        return {k: dict(job.state[k]) for k in self.names if job.state[k]}

@@ -18,7 +18,7 @@ from fedsim.analysis.rundirs import BYTES_WORDS, Run
 from fedsim.analysis.stats import LEVEL, mean_std, t_halfwidth
 
 if TYPE_CHECKING:
-    from fedsim.analysis.compare import Comparison
+    from fedsim.analysis.comparison import Comparison
 
 MB = 1e6
 

@@ -11,7 +11,7 @@ from fedsim.analysis.rundirs import BYTES_KEYS, BYTES_WORDS, Run
 from fedsim.analysis.stats import LEVEL, higher_is_better, t_halfwidth
 
 if TYPE_CHECKING:
-    from fedsim.analysis.compare import Column, Comparison, Group
+    from fedsim.analysis.comparison import Column, Comparison, Group
 
 
 def _cell(mean: float, std: float, n: int, total: int, col: Column) -> str:

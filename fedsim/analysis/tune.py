@@ -17,12 +17,13 @@ Output, under ``<output_dir>``: ``<experiment>-trials/<strategy>/<setting>/seed-
 ``fedsim compare <output_dir>/<experiment>`` reads), ``<experiment>/optuna.db`` (the
 studies, unless ``--storage`` names another) and ``<experiment>/tune.md`` / ``tune.json``
 (every trial's score, the rounds it ran, and the chosen settings); ``experiment``
-defaults to ``tune-<scenario>``.  A killed tuning resumes where it stopped.
+defaults to ``tune-<scenario>``.  A killed tuning resumes where it stopped.  The command
+line is :mod:`fedsim.analysis.tune_cli`; ``tune.md`` is written by
+:mod:`fedsim.analysis.tune_report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -32,8 +33,9 @@ import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from fedsim.analysis.tune_report import tune_markdown
 from fedsim.analysis.tune_space import Space, draw_settings, parse_space, sobol_settings, tag_of
 from fedsim.analysis.tune_study import PRUNERS, SAMPLERS
 from fedsim.errors import ConfigError, Interrupted, UserError
@@ -41,7 +43,7 @@ from fedsim.errors import ConfigError, Interrupted, UserError
 if TYPE_CHECKING:
     from fedsim.config import RunConfig
 
-__all__ = ["Space", "draw_settings", "main", "parse_space", "sobol_settings", "tag_of", "tune"]
+__all__ = ["Space", "draw_settings", "parse_space", "sobol_settings", "tag_of", "tune"]
 
 
 def _config(
@@ -327,136 +329,3 @@ def _run_studies(
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _val_name(metric: str) -> str:
-    group, _, name = metric.partition("/")
-    return f"{group}/val_{name}" if group == "eval" else metric
-
-
-def tune_markdown(report: dict[str, Any]) -> str:
-    m = report["metric"]
-    pruner = report.get("pruner", "none")
-    pruned = (
-        f"; pruner `{pruner}` (no trial pruned in its first {report.get('pruner_warmup')} "
-        f"rounds nor before {report.get('pruner_startup')} trials finished)"
-        if pruner != "none"
-        else ""
-    )
-    lines = [
-        f"# Tuning of `{Path(report['experiment']).name}`",
-        "",
-        f"{report['trials']} trials per strategy (sampler `{report.get('sampler', 'random')}`, "
-        f"search seed {report['search_seed']}{pruned}), scored by the final `{m}` on the "
-        f"clients' validation splits (`{_val_name(m)}` where the runs report it; "
-        f"{report['validation_fraction']:g} of each client's "
-        f"training part; tuning seeds {report['tune_seeds']}); the best setting of each "
-        f"strategy was rerun on the fresh seeds {report['seeds']}, whose holdout and test "
-        f"set the tuning never saw. Compare them with `fedsim compare {report['experiment']}`."
-        f" Studies: `{report.get('storage', '')}`. Trial-rounds run: "
-        f"{report.get('trial_rounds', '?')}.",
-        "",
-        f"| strategy | trial | setting | validation `{m}` | rounds run | state | chosen |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, entry in report["strategies"].items():
-        for i, t in enumerate(entry["trials"]):
-            chosen = "**yes**" if t["setting"] == entry["best"] else ""
-            state = t.get("state", "complete")
-            if state == "pruned":
-                state = f"pruned at round {t.get('pruned_at')}"
-            value = "—" if not math.isfinite(t["validation"]) else f"{t['validation']:.4f}"
-            lines.append(
-                f"| {name} | {t.get('number', i)} | {tag_of(t['setting']) or '—'} | {value} "
-                f"| {t.get('rounds', '')} | {state} | {chosen} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"tune: {message} (see fedsim tune --help)")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,3, got {text!r}") from None
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
-        prog="fedsim tune",
-        description="Tune the chosen keys of every strategy on the clients' validation "
-        "splits with the same number of trials (one Optuna study per strategy), then rerun "
-        "each best setting on fresh seeds into <output_dir>/<experiment> for `fedsim "
-        "compare`. Other arguments are key=value overrides as for `fedsim run`.",
-    )
-    add = parser.add_argument
-    add("--strategies", required=True, help="e.g. fedavg,fedprox")
-    add(
-        "--space",
-        action="append",
-        default=[],
-        help="[STRATEGY:]KEY=log:A:B | uniform:A:B | int:A:B | choice:X:Y (repeatable)",
-    )
-    add("--trials", type=int, default=8, help="trials per strategy (8)")
-    add("--seeds", type=_ints, default=[1, 2, 3], help="final seeds (1,2,3)")
-    add("--tune-seeds", type=_ints, default=[0], help="trial seeds (0)")
-    add(
-        "--metric",
-        default="eval/acc",
-        help="validation metric (eval/acc: read as eval/val_acc when runs report it)",
-    )
-    add("--validation-fraction", type=float, default=0.2, help="(0.2)")
-    add("--search-seed", type=int, default=0, help="seed of the candidates and samplers (0)")
-    add(
-        "--sampler",
-        choices=SAMPLERS,
-        default="random",
-        help="random | qmc: the same enqueued candidates of shared keys for every strategy; "
-        "tpe: Optuna's TPE after random start-up trials (random)",
-    )
-    add("--pruner", choices=PRUNERS, default="none", help="none | median | hyperband (none)")
-    add("--pruner-warmup", type=int, default=1, help="rounds never pruned (1)")
-    add("--pruner-startup", type=int, default=2, help="median: trials before pruning (2)")
-    add("--storage", default="", help="SQLAlchemy URL or SQLite file (<experiment>/optuna.db)")
-    add("--workers", type=int, default=1, help="trials at once, one process each (1)")
-    return parser
-
-
-def main(args: Sequence[str]) -> int:
-    """``fedsim tune --strategies A,B --space KEY=KIND:... --trials N --seeds S,... [k=v ...]``."""
-    try:
-        ns, rest = _parser().parse_known_args(list(args))
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-    flags = [a for a in rest if a.startswith("-")]
-    if flags:
-        raise UserError(f"tune: unknown option {flags[0]} (see fedsim tune --help)")
-    if not ns.space:
-        raise UserError("tune: give at least one --space (e.g. --space train.lr=log:0.01:0.3)")
-    report = tune(
-        [s for s in ns.strategies.split(",") if s],
-        [parse_space(s) for s in ns.space],
-        ns.trials,
-        ns.seeds,
-        ns.tune_seeds,
-        ns.metric,
-        ns.validation_fraction,
-        ns.search_seed,
-        rest,
-        sampler=ns.sampler,
-        pruner=ns.pruner,
-        storage=ns.storage,
-        workers=ns.workers,
-        pruner_warmup=ns.pruner_warmup,
-        pruner_startup=ns.pruner_startup,
-    )
-    for name, entry in report["strategies"].items():
-        print(f"fedsim: tune: {name}: best {tag_of(entry['best']) or '(defaults)'}")
-    print(f"fedsim: tune: {report['trial_rounds']} trial-rounds run")
-    print(f"fedsim: tune: wrote {report['experiment']}/tune.md; compare the final runs with:")
-    print(f"fedsim compare {report['experiment']}")
-    return 0

@@ -1,19 +1,15 @@
-"""Image datasets: read the formats researchers have, build one in-memory federated dataset.
+"""Image datasets: one in-memory federated dataset built from the sources of a config.
 
-Two layers:
+:func:`build_dataset` turns the sources of a :class:`~fedsim.config.DatasetConfig` into a
+:class:`FederatedDataset`: sub-sampled, split into train/test, converted to ``float32``
+``N×C×H×W`` tensors with a common size and channel count, optionally standardised, and
+tagged with the index of the source (domain) each sample came from.  Partitioning over
+clients happens elsewhere; nothing here knows about clients.
 
-* **Loaders** read one split of one file format into raw arrays: ``x`` ``uint8`` of shape
-  ``N×H×W`` (grey) or ``N×H×W×3`` (RGB, channels last) and ``y`` ``int64`` class indices.
-  Formats: compressed NumPy archives (:func:`load_npz`), MNIST idx files (:func:`load_idx`),
-  CIFAR-10/100 python batches (:func:`load_cifar`), class-per-folder images
-  (:func:`load_image_folder`) and scikit-learn's embedded 8×8 digits
-  (:func:`load_sklearn_digits`).  :func:`load_source` dispatches on a
-  :class:`~fedsim.config.SourceConfig`.
-* :func:`build_dataset` turns the sources of a :class:`~fedsim.config.DatasetConfig` into a
-  :class:`FederatedDataset`: sub-sampled, split into train/test, converted to ``float32``
-  ``N×C×H×W`` tensors with a common size and channel count, optionally standardised, and
-  tagged with the index of the source (domain) each sample came from.  Partitioning over
-  clients happens elsewhere; nothing here knows about clients.
+The sources are read by :func:`fedsim.data.sources.load_source` (the file formats are in
+:mod:`fedsim.data.loaders`, :mod:`fedsim.data.cifar_batches`, :mod:`fedsim.data.image_folder`
+and :mod:`fedsim.data.hf_source`) and the config's values checked by
+:func:`fedsim.data.dataset_checks.validate_dataset`.
 
 Every problem a user can fix (a missing or corrupt file, inconsistent arrays, a bad value)
 is raised as a one-line :class:`~fedsim.errors.DataError` or
@@ -32,38 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsim.config import DatasetConfig, SourceConfig
-from fedsim.data.loaders import (
-    FORMATS,
-    IMAGE_SUFFIXES,
-    RawSource,
-    _require_file,
-    default_data_root,
-    image_folder_classes,
-    load_cifar,
-    load_idx,
-    load_image_folder,
-    load_npz,
-    load_sklearn_digits,
-)
-from fedsim.errors import ConfigError, DataError
+from fedsim.config import DatasetConfig
+from fedsim.data.dataset_checks import validate_dataset
+from fedsim.data.loaders import default_data_root
+from fedsim.data.sources import load_source
+from fedsim.errors import DataError
 
-__all__ = [
-    "FORMATS",
-    "IMAGE_SUFFIXES",
-    "FederatedDataset",
-    "RawSource",
-    "build_dataset",
-    "default_data_root",
-    "image_folder_classes",
-    "load_cifar",
-    "load_idx",
-    "load_image_folder",
-    "load_npz",
-    "load_sklearn_digits",
-    "load_source",
-    "validate_dataset",
-]
+__all__ = ["FederatedDataset", "build_dataset"]
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights PIL uses for RGB -> "L"
 _CHUNK_FLOATS = 1 << 23  # ~32 MiB of float32 per conversion chunk
@@ -122,163 +93,6 @@ class FederatedDataset:
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`: back to pixel values on the ``[0, 1]`` scale."""
         return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _resolve(path: str, data_root: Path) -> Path:
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else data_root / p).absolute()
-
-
-def load_source(
-    src: SourceConfig, data_root: Path, *, key: str | None = None, image_size: int = 0
-) -> RawSource:
-    """Load the train (and optional test) split of one source.
-
-    Parameters
-    ----------
-    src
-        The source: format, file paths (relative ones resolve against ``data_root``).
-    data_root
-        Base directory of relative paths.
-    key
-        Config path of the source, used as the prefix of error messages
-        (``dataset.sources[i]``); defaults to the source's name.
-    image_size
-        ``image_folder`` only: if > 0, images are resized to this size while decoding, so
-        folders of mixed sizes can be read.
-
-    Returns
-    -------
-    RawSource
-        ``test_x``/``test_y`` are ``None`` when ``src.test`` is empty (also for ``cifar``: point
-        ``test`` at the same directory to use its test batch).
-
-    Raises
-    ------
-    DataError
-        One line, ``<key>.<field>: <problem>``, for an unknown format, a missing path or an
-        unreadable or inconsistent file.
-    """
-    key = key if key is not None else src.name
-    data_root = Path(data_root)
-    if src.format not in FORMATS:
-        raise DataError(f"{key}.format: unknown {src.format!r} (allowed: {', '.join(FORMATS)})")
-    if src.format == "sklearn_digits":
-        x, y = load_sklearn_digits()
-        return RawSource(src.name, x, y)
-
-    def _split(field: str, labels_field: str) -> tuple[np.ndarray, np.ndarray]:
-        where = f"{key}.{field}"
-        value = getattr(src, field)
-        if not value:
-            raise DataError(f"{where}: required for format {src.format!r}")
-        if src.format == "hf":  # a Hub name or a local datasets folder, not only a path
-            from fedsim.data.hf_source import load_hf
-
-            return load_hf(value, data_root, field, where, image_size)
-        path = _resolve(value, data_root)
-        try:
-            if src.format == "npz":
-                return load_npz(path)
-            if src.format == "cifar":
-                return load_cifar(path, "train" if field == "train" else "test")
-            if src.format == "image_folder":
-                return load_image_folder(path, size=image_size or None)
-            labels_value = getattr(src, labels_field)
-            if not labels_value:
-                raise DataError(f"{key}.{labels_field}: required for format 'idx'")
-            labels_path = _resolve(labels_value, data_root)
-            _require_file(path)
-            if not labels_path.exists():
-                raise DataError(f"{key}.{labels_field}: file not found: {labels_path}")
-            return load_idx(path, labels_path)
-        except DataError as exc:
-            if str(exc).startswith(f"{key}."):
-                raise
-            raise DataError(f"{where}: {exc}") from exc
-
-    train_x, train_y = _split("train", "train_labels")
-    if not src.test:
-        return RawSource(src.name, train_x, train_y)
-    if src.format == "image_folder":
-        test_dir = _resolve(src.test, data_root)
-        if test_dir.is_dir():  # else _split reports the missing directory
-            train_classes = image_folder_classes(_resolve(src.train, data_root))
-            test_classes = image_folder_classes(test_dir)
-            if train_classes != test_classes:
-                raise DataError(
-                    f"{key}.test: class folders {test_classes} differ from those of "
-                    f"{key}.train {train_classes}, so labels would not match"
-                )
-    test_x, test_y = _split("test", "test_labels")
-    return RawSource(src.name, train_x, train_y, test_x, test_y)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate_dataset(cfg: DatasetConfig) -> None:
-    """Check the values of a dataset config without touching any file.
-
-    Raises
-    ------
-    ConfigError
-        The message starts with the key path, e.g.
-        ``dataset.test_fraction: must be in [0, 1), got 1.5``.
-    """
-    if not cfg.sources:
-        raise ConfigError("dataset.sources: must list at least one source")
-    if not 0.0 <= cfg.test_fraction < 1.0:
-        raise ConfigError(f"dataset.test_fraction: must be in [0, 1), got {cfg.test_fraction}")
-    if cfg.image_size < 0:
-        raise ConfigError(
-            f"dataset.image_size: must be >= 0 (0 = native size), got {cfg.image_size}"
-        )
-    if cfg.channels not in (0, 1, 3):
-        raise ConfigError(
-            f"dataset.channels: must be 0 (native), 1 (grey) or 3 (RGB), got {cfg.channels}"
-        )
-    names: set[str] = set()
-    for i, src in enumerate(cfg.sources):
-        key = f"dataset.sources[{i}]"
-        if not src.name:
-            raise ConfigError(f"{key}.name: must not be empty")
-        if src.name in names:
-            raise ConfigError(f"{key}.name: duplicate {src.name!r} (source names must be unique)")
-        names.add(src.name)
-        if src.format not in FORMATS:
-            raise ConfigError(
-                f"{key}.format: unknown {src.format!r} (allowed: {', '.join(FORMATS)})"
-            )
-        if not 0.0 < src.fraction <= 1.0:
-            raise ConfigError(f"{key}.fraction: must be in (0, 1], got {src.fraction}")
-        if src.max_samples < 0:
-            raise ConfigError(
-                f"{key}.max_samples: must be >= 0 (0 = no cap), got {src.max_samples}"
-            )
-        if src.format == "sklearn_digits":
-            for field in ("train", "test", "train_labels", "test_labels"):
-                if getattr(src, field):
-                    raise ConfigError(
-                        f"{key}.{field}: format 'sklearn_digits' is embedded and takes no files"
-                    )
-            continue
-        if not src.train:
-            raise ConfigError(f"{key}.train: required for format {src.format!r}")
-        if src.format == "idx":
-            if not src.train_labels:
-                raise ConfigError(f"{key}.train_labels: required for format 'idx'")
-            if src.test and not src.test_labels:
-                raise ConfigError(f"{key}.test_labels: required for format 'idx' with a test file")
-            if src.test_labels and not src.test:
-                raise ConfigError(f"{key}.test: required when test_labels is set")
-        else:
-            for field in ("train_labels", "test_labels"):
-                if getattr(src, field):
-                    raise ConfigError(f"{key}.{field}: only used by format 'idx'")
 
 
 # --------------------------------------------------------------------------- building
@@ -403,7 +217,8 @@ def build_dataset(cfg: DatasetConfig, seed: int) -> FederatedDataset:
     Parameters
     ----------
     cfg
-        The dataset config; validated here with :func:`validate_dataset`.
+        The dataset config; validated here with
+        :func:`~fedsim.data.dataset_checks.validate_dataset`.
     seed
         Run seed.
 

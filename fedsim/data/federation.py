@@ -20,7 +20,8 @@ from fedsim.config import ScenarioConfig
 from fedsim.data.datasets import FederatedDataset, build_dataset
 from fedsim.data.faults import flips_labels
 from fedsim.data.openworld import open_world_split, validate_open_world
-from fedsim.data.partition import partition, split_holdout, validate_partition
+from fedsim.data.partition import partition, split_holdout
+from fedsim.data.partition_checks import validate_partition
 from fedsim.data.shift import apply_shift
 from fedsim.seeding import derive_rng
 

@@ -1,12 +1,13 @@
 """File-format readers: one split of one source into raw arrays.
 
 ``x`` is ``uint8`` of shape ``N×H×W`` (grey) or ``N×H×W×3`` (RGB, channels last) and ``y``
-``int64`` class indices.  Formats: compressed NumPy archives (:func:`load_npz`), MNIST idx
-files (:func:`load_idx`), CIFAR-10/100 python batches (:func:`load_cifar`),
-class-per-folder images (:func:`load_image_folder`) and scikit-learn's embedded 8×8
-digits (:func:`load_sklearn_digits`).  :func:`fedsim.data.datasets.load_source` dispatches on a
-:class:`~fedsim.config.SourceConfig`; :mod:`fedsim.data.datasets` builds datasets from them (and
-re-exports these names).
+``int64`` class indices.  Formats here: compressed NumPy archives (:func:`load_npz`), MNIST
+idx files (:func:`load_idx`) and scikit-learn's embedded 8×8 digits
+(:func:`load_sklearn_digits`), plus the checks every reader shares (:func:`_check_xy`, the
+file and folder tests).  CIFAR-10/100 python batches are in :mod:`fedsim.data.cifar_batches`
+and class-per-folder images in :mod:`fedsim.data.image_folder`.
+:func:`fedsim.data.sources.load_source` dispatches on a :class:`~fedsim.config.SourceConfig`;
+:mod:`fedsim.data.datasets` builds datasets from them.
 
 A missing or corrupt file is raised as a one-line :class:`~fedsim.errors.DataError`
 that names the key or the file.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import pickle
 import struct
 import zipfile
 import zlib
@@ -26,17 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from fedsim.errors import DataError
 
 FORMATS = ("sklearn_digits", "npz", "idx", "cifar", "image_folder", "hf")
 """Allowed values of ``SourceConfig.format`` (``hf``: :mod:`fedsim.data.hf_source`)."""
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-"""File suffixes (case-insensitive) that :func:`load_image_folder` reads."""
-
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 # --------------------------------------------------------------------------- results
@@ -231,189 +225,6 @@ def load_idx(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarr
             f"{images_path}: holds {len(x)} images but {labels_path} holds {len(y)} labels"
         )
     return _check_xy(x, y, str(images_path))
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds NumPy arrays, so a batch file cannot run code."""
-
-    _ALLOWED = frozenset(
-        {
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy.core.numeric", "_frombuffer"),
-            ("numpy._core.numeric", "_frombuffer"),
-            ("_codecs", "encode"),  # how protocol 2 stores bytes
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    _require_file(path)
-    try:
-        with path.open("rb") as handle:
-            batch = _ArrayUnpickler(handle, encoding="latin1").load()
-    except Exception as exc:  # unpickling garbage raises an open set of exception types
-        raise DataError(f"{path}: not a CIFAR python batch ({_one_line(exc)})") from exc
-    if not isinstance(batch, dict):
-        raise DataError(f"{path}: not a CIFAR python batch (expected a dict)")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    for key in ("data", label_key):
-        if key not in batch:
-            found = ", ".join(sorted(map(str, batch))) or "nothing"
-            raise DataError(f"{path}: missing key {key!r} (found: {found})")
-    data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise DataError(f"{path}: 'data' must be a uint8 array N×3072")
-    if data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: 'data' rows must hold 3072 values, got {data.shape[1]}")
-    try:
-        labels = np.asarray(batch[label_key])
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{path}: {label_key!r} is not a list of integers") from exc
-    x = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    return _check_xy(x, labels, f"{path} (keys 'data', {label_key!r})")
-
-
-def load_cifar(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load CIFAR-10 or CIFAR-100 from the python-version batch files.
-
-    CIFAR-10 is recognised by ``data_batch_1`` or ``test_batch`` (labels under ``labels``;
-    the train split concatenates every ``data_batch_<k>`` present, in order of ``k``),
-    CIFAR-100 by ``train``/``test`` (labels under ``fine_labels``).  ``directory`` may also be
-    the parent of the extracted ``cifar-10-batches-py`` or ``cifar-100-python`` folder.
-    Batches are unpickled with an allow-list of NumPy classes only.
-
-    Parameters
-    ----------
-    directory
-        Folder holding the batch files.
-    split
-        ``"train"`` or ``"test"``.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``x`` ``uint8`` ``N×32×32×3`` and ``y`` ``int64`` ``N``.
-
-    Raises
-    ------
-    DataError
-        The folder or a batch is missing, a batch cannot be unpickled or lacks a key.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    directory = Path(directory).absolute()
-    _require_dir(directory)
-    for sub in ("cifar-10-batches-py", "cifar-100-python"):
-        if (directory / sub).is_dir():
-            directory = directory / sub
-            break
-    if (directory / "data_batch_1").exists() or (directory / "test_batch").exists():
-        label_key = "labels"
-        if split == "test":
-            files = [directory / "test_batch"]
-        else:
-            found = [p for p in directory.glob("data_batch_*") if p.name[11:].isdigit()]
-            files = sorted(found, key=lambda p: int(p.name[11:])) or [directory / "data_batch_1"]
-    elif (directory / "train").exists() or (directory / "test").exists():
-        label_key = "fine_labels"
-        files = [directory / split]
-    else:
-        raise DataError(
-            f"{directory}: not a CIFAR batches directory (expected data_batch_1..5 and "
-            "test_batch for CIFAR-10, or train and test for CIFAR-100)"
-        )
-    parts = [_read_cifar_batch(path, label_key) for path in files]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def image_folder_classes(root: str | Path) -> list[str]:
-    """Class names of an image folder: its non-hidden sub-directories, sorted by name."""
-    root = Path(root).absolute()
-    _require_dir(root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def load_image_folder(root: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load ``root/<class_name>/*.{png,jpg,jpeg,bmp}``; labels follow the sorted class names.
-
-    Images are decoded with PIL to grey (``L``) if every image is grey, else to ``RGB``.
-    Files with other suffixes and hidden folders are ignored; an empty class folder keeps
-    its label.
-
-    Parameters
-    ----------
-    root
-        Folder with one sub-folder per class.
-    size
-        If given, every image is resized to ``size × size`` with Lanczos filtering (aspect
-        ratio is not kept).  If ``None`` all images must have the same size.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``x`` ``uint8`` ``N×H×W`` (grey) or ``N×H×W×3`` and ``y`` ``int64`` ``N``.
-
-    Raises
-    ------
-    DataError
-        The folder is missing or has no images, an image cannot be decoded, or sizes differ
-        while ``size`` is ``None``.
-    """
-    root = Path(root).absolute()
-    classes = image_folder_classes(root)
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(path)
-                labels.append(label)
-    if not files:
-        suffixes = ", ".join(IMAGE_SUFFIXES)
-        raise DataError(f"{root}: no images found (expected root/<class_name>/*{{{suffixes}}})")
-
-    def _open(path: Path) -> Image.Image:
-        try:
-            return Image.open(path)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{path}: cannot be read as an image ({_one_line(exc)})") from exc
-
-    sizes: dict[tuple[int, int], Path] = {}
-    grey = True
-    for path in files:  # headers only: PIL decodes lazily
-        with _open(path) as image:
-            sizes.setdefault(image.size, path)
-            grey = grey and image.mode in _GREY_MODES
-    if size is None and len(sizes) > 1:
-        (w1, h1), p1 = next(iter(sizes.items()))
-        (w2, h2), p2 = list(sizes.items())[1]
-        raise DataError(
-            f"{root}: images differ in size ({w1}x{h1} in {p1}, {w2}x{h2} in {p2}); "
-            "set dataset.image_size to resize them"
-        )
-    width, height = (size, size) if size is not None else next(iter(sizes))
-    mode = "L" if grey else "RGB"
-    x = np.empty((len(files), height, width) + (() if grey else (3,)), dtype=np.uint8)
-    for i, path in enumerate(files):
-        with _open(path) as image:
-            try:
-                converted = image.convert(mode)
-                if converted.size != (width, height):
-                    converted = converted.resize((width, height), Image.Resampling.LANCZOS)
-                x[i] = np.asarray(converted)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: cannot be decoded ({_one_line(exc)})") from exc
-    return x, np.asarray(labels, dtype=np.int64)
 
 
 def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:

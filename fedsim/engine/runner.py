@@ -81,7 +81,7 @@ def _check_machine(cfg: RunConfig) -> None:
 
 def _check_strategy(cfg: RunConfig, model: Any, domains: list[str]) -> None:
     """Build the server half as the ServerApp will, and let it check the initial arrays."""
-    from fedsim.engine.server import build_strategy
+    from fedsim.engine.experiment import build_strategy
     from fedsim.records import arrays_from_state
 
     node_of = {pid: pid for pid in range(cfg.scenario.num_clients)}

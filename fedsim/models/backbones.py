@@ -6,7 +6,7 @@ The models themselves (the papers they follow and their deviations) are in
 this module names them (:data:`BACKBONES`), builds one from a
 :class:`~fedsim.config.BackboneConfig` (:func:`build_backbone`) and finds the batch-norm
 tensors FedBN and FRAug keep local (:func:`bn_state_keys`, by module type).  Every model
-class is re-exported here.
+class, and the contract and heads of :mod:`fedsim.models.base`, is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,17 +19,8 @@ from torch import nn
 
 from fedsim.config import BackboneConfig
 from fedsim.errors import ConfigError
-from fedsim.models.architectures import (
-    MLP,
-    Backbone,
-    CNNDigits,
-    ConvNeXt,
-    InputShape,
-    LogReg,
-    NormedLinear,
-    ResNet18,
-    replace_head,
-)
+from fedsim.models.architectures import MLP, CNNDigits, ConvNeXt, LogReg, ResNet18
+from fedsim.models.base import Backbone, InputShape, NormedLinear, replace_head
 from fedsim.models.classic import CNNCifar, CNNMnist
 
 __all__ = [

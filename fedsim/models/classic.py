@@ -2,12 +2,12 @@
 
 :mod:`fedsim.models.backbones` registers them (``backbone=cnn_mnist``, ``backbone=cnn_cifar``;
 ``mlp_2nn`` is :class:`fedsim.models.architectures.MLP` under the paper's name).  Like every
-:class:`~fedsim.models.architectures.Backbone` they split into ``features`` (everything up to the
+:class:`~fedsim.models.base.Backbone` they split into ``features`` (everything up to the
 last hidden layer, post-ReLU) and ``head`` (the output ``nn.Linear``); the softmax of the
 papers is the cross-entropy loss's.  Neither has batch norm, so FedBN has nothing to keep
 local on them.
 
-``width`` multiplies every channel and hidden size (:func:`fedsim.models.architectures._scaled`);
+``width`` multiplies every channel and hidden size (:func:`fedsim.models.base._scaled`);
 the parameter counts quoted below are at ``width = 1`` with 10 classes.  The flatten size is
 computed from the input shape, so both build on 28 px and 32 px images, grey or colour.
 Initialisation is PyTorch's default, as in NIID-Bench (TensorFlow Federated's Keras
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.models.architectures import Backbone, InputShape, _scaled
+from fedsim.models.base import Backbone, InputShape, _scaled
 
 
 class CNNMnist(Backbone):
