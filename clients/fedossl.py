@@ -66,7 +66,7 @@ from fedsim.data.federation import Federation
 from fedsim.data.openworld import ClassRoles, class_roles, open_world_metrics
 from fedsim.errors import ConfigError
 from fedsim.models.backbones import Backbone, NormedLinear, replace_head
-from fedsim.records import arrays_from_state, state_from_arrays
+from fedsim.records import array_records, arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_rng, torch_generator
 from protocols.fedossl import (
     LOCAL_RECORD,
@@ -433,8 +433,8 @@ class FedoSSLClient(Client):
 
     def memory(self, dim: int) -> torch.Tensor:
         """The bank a round starts from: empty (``round``) or last round's (``fifo``)."""
-        if self.fcfg.memory_scope == "fifo" and STATE_KEY in self.state.array_records:
-            saved = state_from_arrays(self.state.array_records[STATE_KEY])
+        if self.fcfg.memory_scope == "fifo" and STATE_KEY in array_records(self.state):
+            saved = state_from_arrays(array_records(self.state)[STATE_KEY])
             if saved["memory"].shape[1:] == (dim,):
                 return saved["memory"].float()
         return torch.zeros(0, dim)

@@ -46,7 +46,7 @@ from fedsim.algorithms.payloads import TrainIns
 from fedsim.algorithms.training import BatchOut, TrainStats
 from fedsim.config import RunConfig, TrainConfig
 from fedsim.models.backbones import Backbone
-from fedsim.records import arrays_from_state, state_from_arrays
+from fedsim.records import array_records, arrays_from_state, state_from_arrays
 from fedsim.seeding import derive_seed, torch_generator
 from protocols.fraug import (
     LAMBDA_KEY,
@@ -370,7 +370,7 @@ class FRAugRun(LocalRun[Client]):
     def _build(self) -> tuple[Augmenter, tuple[torch.optim.SGD, torch.optim.SGD]]:
         client = self.client
         device = client.env.device
-        state = client.state.array_records
+        state = array_records(client.state)
         c, d = client.env.fed.data.num_classes, self.model.feature_dim
         g = make_generator(self.fraug, c, d, self.cfg.seed)
         payload = GeneratorPayload.from_extra(self.ins.extra)

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord
 from fedsim.algorithms.channels import IdentityChannel, links_for
 from fedsim.algorithms.client import Client
 from fedsim.algorithms.payloads import EvalIns, EvalRes, TrainIns, TrainRes
-from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import torch_generator
 from protocols.masha import VARIANTS, MashaIns
 from protocols.masha_math import (
@@ -45,8 +45,8 @@ class MashaClient(Client):
     """A device of MASHA1/MASHA2/EG/naive EG; no local training loop, one operator call."""
 
     def _vectors(self, problem: VIProblem) -> dict[str, np.ndarray]:
-        if STATE_KEY in self.state.array_records:
-            stacked = self.state.array_records[STATE_KEY]["vectors"].numpy()
+        if STATE_KEY in array_records(self.state):
+            stacked = array_records(self.state)[STATE_KEY]["vectors"].numpy()
             return {k: stacked[i].copy() for i, k in enumerate(VECTORS)}
         z0 = problem.z0()
         zeros = np.zeros_like(z0)

@@ -16,7 +16,7 @@ from torch import nn
 
 from fedsim.algorithms.client import Client, LocalResult, LocalRun
 from fedsim.algorithms.training import BatchOut, TrainStats
-from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays
 from protocols.scaffold import CONTROL_RECORD, DELTA_RECORD, STATE_KEY
 
 
@@ -33,7 +33,7 @@ class ScaffoldRun(LocalRun[Client]):
         zeros = {n: np.zeros(tuple(p.shape), dtype=np.float32) for n, p in params.items()}
         sent = self.ins.extra.get(CONTROL_RECORD)
         self.c = numpy_from_arrays(sent) if sent is not None else zeros
-        mine = self.client.state.array_records.get(STATE_KEY)
+        mine = array_records(self.client.state).get(STATE_KEY)
         self.ci = numpy_from_arrays(mine) if mine is not None else zeros
         self.x = {n: p.detach().clone() for n, p in params.items()}
         device = self.client.env.device
