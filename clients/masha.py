@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fedsim.algorithms.channels import IdentityChannel, links_for
+from fedsim.algorithms.channels import IdentityChannel
 from fedsim.algorithms.client import Client
 from fedsim.algorithms.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays
@@ -77,7 +77,7 @@ class MashaClient(Client):
             v["fw"] = layout.join(IdentityChannel().decode(msg.fw, layout.like()))
         if msg.broadcast is None or msg.apply == "none":
             return
-        down = broadcast_link(links_for(self.cfg).down)
+        down = broadcast_link(self.env.links.down)
         c = layout.join(down.decode(msg.broadcast, layout.like()))
         if msg.apply == "g":  # naive EG: extrapolate with the compressed F(z)
             v["zh"] = prox(v["z"] - msg.gamma * c)
@@ -104,7 +104,7 @@ class MashaClient(Client):
             return IdentityChannel().encode(layout.split(fw_m), np.random.default_rng(0)), 1
         if not msg.compute:
             return ArrayRecord(), 0
-        up = links_for(self.cfg).up
+        up = self.env.links.up
         gen = torch_generator(self.cfg.seed, "masha/batch", msg.server_round, self.pid)
         if variant == "naive":
             point = v["z"] if msg.phase == "g" else v["zh"]

@@ -62,7 +62,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
-from fedsim.algorithms.channels import IdentityChannel, Link, links_for
+from fedsim.algorithms.channels import IdentityChannel, Link, build_links
 from fedsim.algorithms.payloads import TrainRes
 from fedsim.algorithms.strategy import ServerContext, Strategy, messages_to
 from fedsim.errors import ConfigError
@@ -131,7 +131,7 @@ class Masha(Strategy):
         self.dense = IdentityChannel()
         # MASHA is a compression method: it applies the run's links itself
         # (AlgorithmSpec.native_channels), the wrappers pass its messages through
-        links = links_for(cfg)
+        links = build_links(cfg)
         self.up, self.down = links.up, links.down
         self.stats: dict[str, float] = {}
         self.tau = 0.0 if scfg.name == "eg" else (scfg.tau if scfg.tau >= 0 else default_tau(cfg))

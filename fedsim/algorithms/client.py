@@ -33,6 +33,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
+from fedsim.algorithms.channels import Links, build_links
 from fedsim.algorithms.optim import Optimizer
 from fedsim.algorithms.payloads import EvalIns, EvalRes, TrainIns, TrainRes
 from fedsim.algorithms.schedules import lr_at
@@ -73,6 +74,7 @@ class ClientEnv:
     init_state: dict[str, torch.Tensor]
     device: torch.device
     lock: threading.Lock
+    links: Links  # the run's channel links (fedsim.algorithms.channels), built once here
     augmenter: Augmenter | None = None  # train.augment (None: no op active)
     frozen: frozenset[str] = frozenset()  # state keys outside train.trainable: never sent
 
@@ -116,7 +118,7 @@ def _build_env(ctx: RunContext) -> ClientEnv:
     if work.fed is None or work.model is None:
         # a task without data or network (fedsim.algorithms.task): its clients (e.g. a
         # variational-inequality device) never touch env.fed / env.model
-        return ClientEnv(ctx, work, {}, torch.device("cpu"), threading.Lock())
+        return ClientEnv(ctx, work, {}, torch.device("cpu"), threading.Lock(), build_links(cfg))
     fed = work.fed
     model = ctx.fresh_model()  # the clients' own copy: they load arrays into it
     device = resolve_device(cfg.device)
@@ -136,6 +138,7 @@ def _build_env(ctx: RunContext) -> ClientEnv:
         init_state,
         device,
         threading.Lock(),
+        build_links(cfg),
         augmenter,
         frozen_keys(model),
     )

@@ -82,12 +82,12 @@ def make_client_app(bound: Mapping[str, Any] | None = None) -> ClientApp:
     def config_of(context: Context) -> RunConfig:
         return config_from_run_config(_merged(context, bound))[0]
 
-    def buffers_of(context: Context) -> frozenset[str]:
+    def env_of(context: Context) -> Any:
         from fedsim.algorithms.client import client_env
 
-        return client_env(context_of(_merged(context, bound))).buffer_keys
+        return client_env(context_of(_merged(context, bound)))
 
-    app = ClientApp(mods=[*client_mods(config_of, buffers_of), dp_mod(config_of)])
+    app = ClientApp(mods=[*client_mods(config_of, env_of), dp_mod(config_of)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

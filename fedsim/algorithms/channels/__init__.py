@@ -13,8 +13,8 @@ its channel, its seed streams, the records that never pass through it, byte acco
 and the two stages, :meth:`Link.send` on the sender and :meth:`Link.receive` on the
 receiver.  The server wrapper (:mod:`fedsim.algorithms.wrap.server`), the client mod
 (:mod:`fedsim.algorithms.wrap.client`) and an algorithm that is itself a compression method (MASHA)
-all take the run's pair from :func:`links_for`, built once per process, so both ends
-encode and decode through the same code and, in one process, the very same objects
+all take the run's pair from :func:`build_links`, built once per run and side, so both ends
+encode and decode through the same code
 (FLSim's channels: sender stage, size accounting and receiver stage in one class;
 ``shared/STYLE.md`` §5).  Strategies never know which codec is in use, and the round loop
 measures what crossed the Grid with :func:`wire_nbytes`.
@@ -80,7 +80,7 @@ from fedsim.algorithms.channels.compressors import (
     make_channel,
     validate_channel,
 )
-from fedsim.algorithms.channels.link import Link, Links, clear_registry, links_for
+from fedsim.algorithms.channels.link import Link, Links, build_links, clear_registry
 
 __all__ = [
     "QSGD_BUCKET",
@@ -96,9 +96,9 @@ __all__ = [
     "References",
     "SparseChannel",
     "TopKChannel",
+    "build_links",
     "channel_classes",
     "clear_registry",
-    "links_for",
     "make_channel",
     "num_kept",
     "payload_nbytes",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -14,7 +12,7 @@ from fedsim.algorithms.channels.codecs import Arrays, References, payload_nbytes
 from fedsim.algorithms.channels.compressors import Channel, channel_classes, make_channel
 from fedsim.algorithms.payloads import ARRAYS
 from fedsim.algorithms.registry import get
-from fedsim.config import ChannelSideConfig, RunConfig
+from fedsim.config import RunConfig
 from fedsim.records import arrays_from_numpy, numpy_from_arrays
 from fedsim.seeding import derive_rng
 
@@ -181,27 +179,22 @@ class Links:
         return got, {name: numpy_from_arrays(record) for name, record in got.items()}
 
 
-def links_for(cfg: RunConfig) -> Links:
+def build_links(cfg: RunConfig) -> Links:
     """The links of a run (``channel.up`` / ``channel.down``, the algorithm's exact
-    records), built once per process: every caller with an equal configuration gets the
-    same objects."""
-    up, down = cfg.channel.up, cfg.channel.down  # field values, not astuple's deep copies
-    return _links(cfg.seed, cfg.strategy.name, tuple(vars(up).values()), tuple(vars(down).values()))
-
-
-@lru_cache(maxsize=8)
-def _links(seed: int, strategy: str, up: tuple[Any, ...], down: tuple[Any, ...]) -> Links:
-    spec = get(strategy)
+    records).  Built once per run by each side that uses them: the server wrapper (and an
+    algorithm that applies them itself) at set-up, the clients of a process in their
+    environment (``fedsim.algorithms.client.ClientEnv.links``); links hold no state, so
+    equal configurations give equal links."""
+    spec = get(cfg.strategy.name)
     exact = frozenset(spec.exact_records)
     return Links(
-        Link("up", make_channel(ChannelSideConfig(*up)), seed, exact),
-        Link("down", make_channel(ChannelSideConfig(*down)), seed, exact),
+        Link("up", make_channel(cfg.channel.up), cfg.seed, exact),
+        Link("down", make_channel(cfg.channel.down), cfg.seed, exact),
         spec.native_channels,
     )
 
 
 def clear_registry() -> None:
-    """Forget the registered compressors and the links built from them (for a process
-    that installs a plug-in after its first lookup)."""
+    """Forget the registered compressors (for a process that installs a plug-in after its
+    first lookup)."""
     channel_classes.cache_clear()
-    _links.cache_clear()

@@ -5,16 +5,16 @@ handler, so they apply to every algorithm's client and to every runtime (inline,
 deployment); a client never sees an encoded message and cannot send one unencoded.
 
 * :func:`channel_mod` (outermost): the client's end of the run's links
-  (:func:`fedsim.algorithms.channels.links_for`, the very objects the server wrapper,
-  :mod:`fedsim.algorithms.wrap.server`, encodes and decodes with).  It decodes the training message
-  from ``channel.down`` and, on the way back, encodes through ``channel.up`` every array
-  record the client also received, as its update ``sent - received`` (the server adds
-  the reference back); a record with no reference (FRAug's generator in round 1,
-  FedoSSL's local centroids, SCAFFOLD's control update) travels as it is.  Buffers
-  (BatchNorm statistics) travel as uncompressed updates: a sparsified running variance
-  could turn negative.  It also drops from the reply's model arrays every key the client
-  did not receive, so the keys that stay local (FedBN's BN layers, ...) cannot leave the
-  client.
+  (:func:`fedsim.algorithms.channels.build_links`, built once in the clients' environment,
+  equal to the server's end in :mod:`fedsim.algorithms.wrap.server`).  It decodes the
+  training message from ``channel.down`` and, on the way back, encodes through
+  ``channel.up`` every array record the client also received, as its update ``sent -
+  received`` (the server adds the reference back); a record with no reference (FRAug's
+  generator in round 1, FedoSSL's local centroids, SCAFFOLD's control update) travels as it
+  is.  Buffers (BatchNorm statistics) travel as uncompressed updates: a sparsified running
+  variance could turn negative.  It also drops from the reply's model arrays every key the
+  client did not receive, so the keys that stay local (FedBN's BN layers, ...) cannot leave
+  the client.
 * :func:`fault_mod`: the scenario's injected faults (crash, NaN, delay) and Byzantine
   attacks (:mod:`fedsim.data.faults`), acting on the decoded messages exactly where a real
   bug or a real attacker would.
@@ -27,20 +27,22 @@ methods (``native_channels``) are passed through uncoded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from fedsim.algorithms.channels import links_for
 from fedsim.algorithms.payloads import ARRAYS, CONFIG, ROUND
 from fedsim.config import RunConfig
 from fedsim.data import faults
 from fedsim.records import array_records, arrays_from_numpy, config_records, numpy_from_arrays
 from fedsim.seeding import derive_rng
 
+if TYPE_CHECKING:
+    from fedsim.algorithms.client import ClientEnv
+
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 ConfigOf = Callable[[Context], RunConfig]
-BuffersOf = Callable[[Context], frozenset[str]]
+EnvOf = Callable[[Context], "ClientEnv"]
 PARTITION_KEY = "partition-id"
 
 
@@ -48,15 +50,16 @@ def _round(msg: Message) -> int:
     return int(config_records(msg.content)[CONFIG][ROUND])  # type: ignore[arg-type]
 
 
-def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
-    """The channel mod for runs whose configuration ``config_of(context)`` returns;
-    ``buffers_of(context)`` names the model's buffers (statistics, not weights), whose
-    updates travel uncompressed."""
+def channel_mod(env_of: EnvOf) -> Mod:
+    """The channel mod: ``env_of(context)`` is the environment of the run's clients in this
+    process, which holds the run's links and names the model's buffers (statistics, not
+    weights), whose updates travel uncompressed."""
 
     def mod(msg: Message, context: Context, call_next: Callable[..., Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
-        links = links_for(config_of(context))
+        env = env_of(context)
+        links = env.links
         if links.native:
             return call_next(msg, context)
         got, references = links.delivered(array_records(msg.content))
@@ -76,7 +79,7 @@ def channel_mod(config_of: ConfigOf, buffers_of: BuffersOf) -> Mod:
                 _round(msg),
                 pid,
                 reference=references,
-                exact_keys=buffers_of(context),
+                exact_keys=env.buffer_keys,
             )
             for name, record in sent.items():
                 reply.content[name] = record
@@ -127,6 +130,6 @@ def fault_mod(config_of: ConfigOf) -> Mod:
     return mod
 
 
-def client_mods(config_of: ConfigOf, buffers_of: BuffersOf) -> list[Any]:
+def client_mods(config_of: ConfigOf, env_of: EnvOf) -> list[Any]:
     """The mods every fedsim ClientApp runs, outermost first."""
-    return [channel_mod(config_of, buffers_of), fault_mod(config_of)]
+    return [channel_mod(env_of), fault_mod(config_of)]

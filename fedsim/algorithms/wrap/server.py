@@ -9,7 +9,7 @@ other one (as Flower's differential-privacy strategies do) and adds, once for al
   exactly those clients, so Flower's own samplers (``fraction_train=1``) take them all;
 * keys that stay on the clients: never sent, never aggregated;
 * the channels (``channel.up`` / ``channel.down``): the server's end of the run's links
-  (:func:`fedsim.algorithms.channels.links_for`, the objects the client mod uses too).  Every
+  (:func:`fedsim.algorithms.channels.build_links`, built once per run).  Every
   floating-point array record of a training message is encoded per client on the
   downlink; on the uplink a record the client also received travels as the *update*
   ``sent - received`` (decoded and added back here), any other record uncompressed.  With
@@ -42,7 +42,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedsim.algorithms.aggregate import is_finite_update, update_norm
-from fedsim.algorithms.channels import Links, links_for
+from fedsim.algorithms.channels import Links, build_links
 from fedsim.algorithms.payloads import ARRAYS, EvalRes
 from fedsim.algorithms.strategy import Algorithm, ServerContext
 from fedsim.algorithms.wrap.state import flower_state, load_flower_state, wrapped_strategy
@@ -130,7 +130,7 @@ class FedsimStrategy(FlowerStrategy):
         self.sampler = sampler
         self.byzantine = byzantine
         self.max_update_norm = max_update_norm
-        self.links: Links = links_for(ctx.cfg)  # the algorithm's spec: native, exact records
+        self.links: Links = build_links(ctx.cfg)  # the algorithm's spec: native, exact records
         self.algorithm = algorithm_of(inner, ctx)
         self.stats: dict[str, float] = {}
         self._received: dict[int, dict[str, dict[str, np.ndarray]]] = {}  # pid -> record -> arrays
