@@ -104,3 +104,15 @@ def test_algorithms_declare_whether_they_hold_a_global_model(name: str) -> None:
 
     assert get(name).server_class().has_global_model is False
     assert get("fedavg").server_class().has_global_model is True
+
+
+def test_partition_of_is_built_once_and_follows_nodes_rediscovered_in_place() -> None:
+    from fedsim.algorithms.strategy import NodeIndex
+
+    node_of = {0: 10, 1: 11, 2: 12}
+    index = NodeIndex(node_of)
+    assert dict(index) == {10: 0, 11: 1, 12: 2} and index[11] == 1
+    node_of[1] = 21  # a SuperNode restarted under a new id (rediscover_nodes updates in place)
+    assert index[21] == 1 and index.get(11, -1) == -1 and index.get(99, -1) == -1
+    ctx = _ctx()
+    assert ctx.partition_of is ctx.partition_of  # one index per run, not one per call

@@ -19,7 +19,7 @@ part in the round, sorted, filtered, decoded replies, and the round's global arr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,9 +48,44 @@ class ServerContext:
     #: the wrapper when it configures the round, read by the wrapper and the algorithm
     global_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
+    _index: NodeIndex | None = field(default=None, init=False, repr=False, compare=False)
+
     @property
-    def partition_of(self) -> dict[int, int]:
-        return {node: pid for pid, node in self.node_of.items()}
+    def partition_of(self) -> NodeIndex:
+        """Node id -> partition id (the inverse of :attr:`node_of`), built once per run."""
+        if self._index is None or self._index.node_of is not self.node_of:
+            self._index = NodeIndex(self.node_of)
+        return self._index
+
+
+class NodeIndex(Mapping[int, int]):
+    """The inverse of a ``node_of`` map, built once instead of on every lookup (an O(N)
+    pass per round at a million registered clients).  Nodes rediscovered in place
+    (``fedsim.engine.nodes.rediscover_nodes``) are caught on the next lookup: a hit is
+    checked against ``node_of``, and a stale or missing entry rebuilds the index."""
+
+    def __init__(self, node_of: dict[int, int]) -> None:
+        self.node_of = node_of
+        self._inverse: dict[int, int] = {}
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._inverse = {node: pid for pid, node in self.node_of.items()}
+
+    def __getitem__(self, node: int) -> int:
+        pid = self._inverse.get(node)
+        if pid is None or self.node_of.get(pid) != node:
+            self._rebuild()
+            pid = self._inverse[node]  # KeyError: no partition runs on that node
+        return pid
+
+    def __iter__(self) -> Iterator[int]:
+        if len(self._inverse) != len(self.node_of):
+            self._rebuild()
+        return iter(self._inverse)
+
+    def __len__(self) -> int:
+        return len(self.node_of)
 
 
 def flower_defaults() -> dict[str, float | int]:
