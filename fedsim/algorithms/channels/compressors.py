@@ -186,10 +186,9 @@ class IdentityChannel(Channel):
         return np.asarray(parts["dense"]).reshape(d)
 
 
-class RandKChannel(Channel):
-    """RandK, scaled ``d/k`` (unbiased); sends ``k`` float32 values and a uint64 seed."""
+class _Sparsifier(Channel):
+    """A compressor that keeps ``k = ceil(ratio * d)`` coordinates of each array."""
 
-    name = "randk"
     sparsifier = True
 
     def __init__(self, ratio: float) -> None:
@@ -203,10 +202,16 @@ class RandKChannel(Channel):
         return 1.0 / self.ratio
 
     def variance(self) -> float:
-        return 1.0 / self.ratio  # d / k, up to the rounding of k
+        return 1.0 / self.ratio  # d / k, up to the rounding of k (TopK: its delta)
 
     def kept(self, d: int) -> int:
         return num_kept(d, self.ratio)
+
+
+class RandKChannel(_Sparsifier):
+    """RandK, scaled ``d/k`` (unbiased); sends ``k`` float32 values and a uint64 seed."""
+
+    name = "randk"
 
     def vector_nbytes(self, d: int) -> float:
         return 4.0 * self.kept(d) + 8.0
@@ -220,7 +225,7 @@ class RandKChannel(Channel):
         return _scatter_rows(rows, idx, d / k), self.vector_nbytes(d)
 
     def encode_vector(self, v: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        k = num_kept(v.size, self.ratio)
+        k = self.kept(v.size)
         seed = int(rng.integers(2**63))
         idx = randk_indices(seed, v.size, k)
         return {"values": v[idx].astype(np.float32), "seed": np.array([seed], dtype=np.uint64)}
@@ -234,27 +239,10 @@ class RandKChannel(Channel):
         return out
 
 
-class TopKChannel(Channel):
+class TopKChannel(_Sparsifier):
     """TopK (contractive); sends ``k`` float32 values and ``k`` int32 indices."""
 
     name = "topk"
-    sparsifier = True
-
-    def __init__(self, ratio: float) -> None:
-        self.ratio = ratio
-
-    @classmethod
-    def from_config(cls, side: ChannelSideConfig) -> Channel:
-        return cls(side.ratio)
-
-    def compression(self) -> float:
-        return 1.0 / self.ratio
-
-    def variance(self) -> float:
-        return 1.0 / self.ratio  # delta = d / k
-
-    def kept(self, d: int) -> int:
-        return num_kept(d, self.ratio)
 
     def vector_nbytes(self, d: int) -> float:
         return 8.0 * self.kept(d)
@@ -269,7 +257,7 @@ class TopKChannel(Channel):
         return _scatter_rows(rows, idx, 1.0), self.vector_nbytes(d)
 
     def encode_vector(self, v: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        idx = topk_indices(v, num_kept(v.size, self.ratio))
+        idx = topk_indices(v, self.kept(v.size))
         return {"values": v[idx].astype(np.float32), "indices": idx.astype(np.int32)}
 
     def decode_vector(self, parts: Mapping[str, np.ndarray], d: int) -> np.ndarray:
