@@ -3,17 +3,15 @@ found by entry point, validated by name and run end to end with its bytes counte
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from plugins import install_plugin
 
 from fedsim.algorithms.channels import channel_classes, clear_registry
 from fedsim.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 COMMON = ["scenario.num_clients=3", "backbone.width=0.25", "train.local_steps=2",
           "runtime.threads=1", "progress=false"]  # fmt: skip
 
@@ -21,12 +19,7 @@ COMMON = ["scenario.num_clients=3", "backbone.width=0.25", "train.local_steps=2"
 @pytest.fixture
 def fp16_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The plug-in pip-installed into a folder this process then imports from."""
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(REPO / "tests" / "plugin_channel")],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    site = install_plugin("plugin_channel", tmp_path)
     monkeypatch.syspath_prepend(str(site))
     clear_registry()  # the registry was read before the package existed
     yield

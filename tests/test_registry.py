@@ -5,18 +5,16 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from plugins import install_plugin, run_fedsim
 
 from fedsim.algorithms.registry import algorithms, get
 from fedsim.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-FEDSIM = Path(sys.executable).parent / "fedsim"
 
 
 def test_every_shipped_algorithm_is_registered_by_entry_point() -> None:
@@ -59,32 +57,21 @@ def test_unknown_key_of_a_flower_strategy_is_one_line(tmp_path: Path) -> None:
         compose(["strategy=fedbn", "backbone=logreg", f"output_dir={tmp_path}"])
 
 
-def _run_fedsim(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(FEDSIM), "run", *args], capture_output=True, text=True, env=env, timeout=600
-    )
-
-
 def test_an_installed_package_adds_a_strategy_by_entry_point(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(REPO / "tests" / "plugin_example")],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    site = install_plugin("plugin_example", tmp_path)
     env = dict(os.environ, PYTHONPATH=str(site))
     common = ["strategy=coordmedian", "rounds=2", "backbone.width=0.25", "progress=false",
               f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
-    done = _run_fedsim(common, env)
+    done = run_fedsim(common, env)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "runs/digits_iid/coordmedian/seed-0/run.json").read_text())
     assert record["status"] == "complete" and record["final"]["eval/acc"] > 0.1
-    bad = _run_fedsim([*common, "strategy.trim=0.7"], env)
+    bad = run_fedsim([*common, "strategy.trim=0.7"], env)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "fedsim: error: strategy.trim: must be in [0, 0.5), got 0.7"
     ]
-    without = _run_fedsim(common)  # not installed: an unknown name, one line
+    without = run_fedsim(common)  # not installed: an unknown name, one line
     assert without.returncode == 2 and "unknown 'coordmedian'" in without.stderr
 
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from plugins import install_plugin, run_fedsim
 
 from fedsim.algorithms.task import Workload, get_task, tasks
 from fedsim.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-FEDSIM = Path(sys.executable).parent / "fedsim"
 
 
 def test_fedsims_own_tasks_are_registered_and_unknown_names_are_one_line() -> None:
@@ -33,25 +29,14 @@ def test_the_bilinear_task_builds_no_data_and_refuses_a_network_strategy(fast_cf
         fast_cfg("scenario=masha_bilinear", "scenario.problem.dim=4")
 
 
-def _fedsim(args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(FEDSIM), "run", *args], capture_output=True, text=True, env=env, timeout=600
-    )
-
-
 def test_an_installed_package_adds_a_task_by_entry_point(tmp_path: Path) -> None:
     """tests/plugin_task publishes ``quadratic`` (a strongly monotone VI); EG solves it."""
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(REPO / "tests" / "plugin_task")],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    site = install_plugin("plugin_task", tmp_path)
     env = dict(os.environ, PYTHONPATH=str(site))
     common = ["scenario.task=quadratic", "strategy=eg", "scenario.num_clients=4",
               "scenario.problem.dim=8", "rounds=60", "progress=false",
               f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
-    done = _fedsim(common, env)
+    done = run_fedsim(common, env)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "runs/digits_iid/eg/seed-0/run.json").read_text())
     # the task's own metric is kept in the summary and printed; EG drove it down from 1.0
@@ -59,7 +44,7 @@ def test_an_installed_package_adds_a_task_by_entry_point(tmp_path: Path) -> None
     assert record["final"]["quadratic/rel_dist"] < 0.1, record["final"]
     assert "quadratic/rel_dist=" in done.stdout
     assert not (tmp_path / "runs/digits_iid/eg/seed-0/partition.txt").exists()  # no data built
-    without = _fedsim(common, None)  # not installed: an unknown task, one line
+    without = run_fedsim(common, None)  # not installed: an unknown task, one line
     assert without.returncode == 2
     (line,) = without.stderr.strip().splitlines()
     assert line.startswith("fedsim: error: ") and line.endswith(
