@@ -124,7 +124,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ns, extra = ap.parse_known_args()
     if ns.child:
-        print(json.dumps(child(ns.child, ns.rounds, ns.out, extra)))
+        with tempfile.TemporaryDirectory() as tmp:  # a run of its own, nothing left behind
+            print(json.dumps(child(ns.child, ns.rounds, ns.out or tmp, extra)))
         return
     ks = [int(k) for k in ns.clients_per_round.split(",")]
     results: dict[int, list[dict[str, float]]] = {k: [] for k in ks}

@@ -14,10 +14,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from torch import nn
 
 _NUMPY_STYPE = "numpy.ndarray"
 _MAGIC = b"\x93NUMPY"
@@ -43,7 +45,16 @@ def to_array(a: np.ndarray) -> Array:
         return Array(a)
     # one copy: join reads the array's buffer directly (header + raw C-order bytes)
     data = b"".join((_npy_header(descr, tuple(a.shape)), memoryview(a.reshape(-1).view(np.uint8))))
-    return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype=_NUMPY_STYPE, data=data)
+    return _array(str(a.dtype), tuple(a.shape), data)
+
+
+def _array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
+    """``Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)`` for arguments
+    known to be valid: the same fields and flags, without re-checking every argument
+    (``tests/test_aggregate.py`` compares the two objects field by field)."""
+    arr = Array.__new__(Array)
+    arr.__dict__.update(dtype=dtype, shape=shape, stype=_NUMPY_STYPE, data=data, _is_dirty=True)
+    return arr
 
 
 def from_array(arr: Array) -> np.ndarray:
@@ -88,12 +99,48 @@ def arrays_from_numpy(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return _record((k, to_array(v)) for k, v in arrays.items())
 
 
+RecordType = ArrayRecord | ConfigRecord | MetricRecord
+_RECORD_TYPES = (ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def record_dict(records: Mapping[str, RecordType]) -> RecordDict:
+    """``RecordDict(records)`` with the same key and value checks, done once per item
+    (Flower's constructor checks every item through two callbacks and looks up the key
+    it might overwrite, several times per message and per client in a round)."""
+    out = RecordDict()
+    data = out.__dict__["_data"]
+    for key, value in records.items():
+        if type(key) is str and isinstance(value, _RECORD_TYPES):
+            data[key] = value
+        else:
+            out[key] = value  # Flower's own check raises its own TypeError
+    return out
+
+
+def metric_record(values: Mapping[str, Any]) -> MetricRecord:
+    """``MetricRecord(values)``: plain int and float values are checked here once,
+    anything else (lists, wrong types) goes through Flower's checks."""
+    out = MetricRecord()
+    data = out.__dict__["_data"]
+    for key, value in values.items():
+        if type(key) is str and type(value) in (int, float):
+            data[key] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _record(items: Iterable[tuple[str, Array]]) -> ArrayRecord:
     """An ArrayRecord holding these very Arrays, in order (``ArrayRecord(dict)`` rebuilds
     every Array, a validated copy of its fields, once more)."""
     record = ArrayRecord()
+    data = record.__dict__["_data"]
     for name, arr in items:
-        record[name] = arr
+        if type(name) is str and type(arr) is Array:
+            data[name] = arr
+        else:
+            record[name] = arr  # Flower's own checks raise its own TypeError
+    record.__dict__["_is_dirty"] = True  # as ArrayRecord.__setitem__ leaves it
     return record
 
 
@@ -115,3 +162,34 @@ def config_records(content: RecordDict) -> dict[str, ConfigRecord]:
 def metric_records(content: RecordDict) -> dict[str, MetricRecord]:
     """The metric records of ``content`` by name (a plain dict: for reading)."""
     return {k: v for k, v in content.items() if isinstance(v, MetricRecord)}
+
+
+_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8}
+
+
+@torch.no_grad()
+def load_state(model: nn.Module, state: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for arrays read straight from a
+    message: each value is copied once into the model's own tensor (a NumPy view needs
+    no intermediate tensor).  Anything ``load_state_dict`` would refuse (a missing or an
+    unexpected key, a shape mismatch) goes through ``load_state_dict`` for its error."""
+    target = model.state_dict()
+    if target.keys() != state.keys() or any(
+        tuple(state[k].shape) != tuple(t.shape) for k, t in target.items()
+    ):
+        model.load_state_dict(
+            {
+                k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v
+                for k, v in state.items()
+            },
+            strict=True,
+        )
+        return
+    for key, dst in target.items():
+        src = state[key]
+        if isinstance(src, np.ndarray):
+            if dst.device.type == "cpu" and dst.dtype in _NUMPY_DTYPES and dst.is_contiguous():
+                np.copyto(dst.numpy(), src, casting="unsafe")
+                continue
+            src = torch.from_numpy(np.array(src))
+        dst.copy_(src)

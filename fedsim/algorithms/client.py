@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
@@ -54,6 +55,8 @@ from fedsim.models.modelzoo import frozen_keys, resolve_device
 from fedsim.records import (
     array_records,
     arrays_from_state,
+    load_state,
+    numpy_from_arrays,
     state_from_arrays,
 )
 from fedsim.seeding import torch_generator
@@ -287,16 +290,14 @@ class Client:
     # ---------------------------------------------------------------- state
     def load(self, arrays: ArrayRecord) -> None:
         """Global arrays + this client's local tensors -> the shared model object."""
-        state = state_from_arrays(arrays)
+        state: dict[str, np.ndarray | torch.Tensor] = dict(numpy_from_arrays(arrays))
         if self.keep:
             if LOCAL_KEY in array_records(self.state):
-                state.update(state_from_arrays(array_records(self.state)[LOCAL_KEY]))
+                state.update(numpy_from_arrays(array_records(self.state)[LOCAL_KEY]))
             else:
                 state.update({k: self.env.init_state[k] for k in self.keep})
-        missing = set(self.env.init_state) - set(state)
-        if missing:  # e.g. a strategy that shares a subset: fill from the initial model
-            state.update({k: self.env.init_state[k] for k in missing})
-        self.model.load_state_dict(state, strict=True)
+        # what a strategy that shares a subset leaves out comes from the initial model
+        load_state(self.model, {**self.env.init_state, **state})
 
     def save_local(self) -> None:
         if self.keep:
@@ -305,9 +306,8 @@ class Client:
     def shared_state(self) -> ArrayRecord:
         """What goes on the uplink: every tensor but the local and the frozen ones."""
         held = self.keep | self.env.frozen
-        return arrays_from_state(
-            self.model.state_dict(), [k for k in self.model.state_dict() if k not in held]
-        )
+        state = self.model.state_dict()
+        return arrays_from_state(state, [k for k in state if k not in held])
 
     def lr(self, server_round: int) -> float:
         """This round's learning rate (``train.schedule``)."""

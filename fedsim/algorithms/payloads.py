@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsim.records import array_records, config_records, metric_records
+from fedsim.records import (
+    array_records,
+    config_records,
+    metric_record,
+    metric_records,
+    record_dict,
+)
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -39,7 +45,7 @@ class TrainIns:
             CONFIG: ConfigRecord({ROUND: self.server_round, **self.config}),
         }
         content.update(self.extra)
-        return RecordDict(content)
+        return record_dict(content)
 
     @classmethod
     def from_record(cls, record: RecordDict) -> TrainIns:
@@ -61,10 +67,10 @@ class TrainRes:
     def to_record(self) -> RecordDict:
         content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             ARRAYS: self.arrays,
-            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, **self.metrics}),
+            METRICS: metric_record({NUM_EXAMPLES: self.num_examples, **self.metrics}),
         }
         content.update(self.extra)
-        return RecordDict(content)
+        return record_dict(content)
 
     @classmethod
     def from_record(cls, record: RecordDict) -> TrainRes:
@@ -82,7 +88,7 @@ class EvalIns:
     server_round: int
 
     def to_record(self) -> RecordDict:
-        return RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord({ROUND: self.server_round})})
+        return record_dict({ARRAYS: self.arrays, CONFIG: ConfigRecord({ROUND: self.server_round})})
 
     @classmethod
     def from_record(cls, record: RecordDict) -> EvalIns:
@@ -98,8 +104,8 @@ class EvalRes:
     metrics: dict[str, float]
 
     def to_record(self) -> RecordDict:
-        return RecordDict(
-            {METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, **self.metrics})}
+        return record_dict(
+            {METRICS: metric_record({NUM_EXAMPLES: self.num_examples, **self.metrics})}
         )
 
     @classmethod

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from fedsim.algorithms.aggregate import weighted_average
 from fedsim.algorithms.payloads import EvalIns, Scalar, TrainIns, TrainRes
 from fedsim.config import RunConfig
-from fedsim.records import arrays_from_numpy, numpy_from_arrays
+from fedsim.records import arrays_from_numpy, numpy_from_arrays, record_dict
 
 
 @dataclass
@@ -217,10 +217,7 @@ class Strategy(FlowerFedAvg, Algorithm):
 
 def messages_to(record: RecordDict, node_ids: Iterable[int], kind: str) -> list[Message]:
     """One message of ``kind`` per node, each with its own copy of the record dict."""
-    return [
-        Message(RecordDict(dict(record.items())), dst_node_id=n, message_type=kind)
-        for n in node_ids
-    ]
+    return [Message(record_dict(record), dst_node_id=n, message_type=kind) for n in node_ids]
 
 
 def mean_metrics(results: list[tuple[int, TrainRes]]) -> dict[str, float]:

@@ -72,6 +72,8 @@ class Federation:
         ]
 
     def domain_of(self, pid: int) -> int:
+        if len(self.data.domains) == 1:  # one source: every sample is of domain 0
+            return 0
         idx = np.concatenate([self.train_parts[pid], self.holdout_parts[pid]])
         if len(idx) == 0:
             return 0

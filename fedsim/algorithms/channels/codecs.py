@@ -6,6 +6,7 @@ classes (:mod:`fedsim.algorithms.channels.compressors`) frame their output into 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 
@@ -31,10 +32,18 @@ def payload_nbytes(record: ArrayRecord) -> int:
     """Data bytes of an ArrayRecord: ``prod(shape) * itemsize`` summed over its arrays."""
     total = 0
     for key, arr in record.items():
-        if key.endswith(f"{SEP}{SHAPE}"):
+        if key.endswith(_FRAMING):
             continue  # framing, like the npy header: the shape of an encoded array
-        total += int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+        total += math.prod(arr.shape) * _itemsize(arr.dtype)
     return total
+
+
+_FRAMING = f"{SEP}{SHAPE}"
+
+
+@functools.lru_cache(maxsize=64)
+def _itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
 
 
 def wire_nbytes(messages: Iterable[Message]) -> int:

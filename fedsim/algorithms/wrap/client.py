@@ -29,12 +29,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType
 
 from fedsim.algorithms.payloads import ARRAYS, CONFIG, ROUND
 from fedsim.config import RunConfig
 from fedsim.data import faults
-from fedsim.records import array_records, arrays_from_numpy, config_records, numpy_from_arrays
+from fedsim.records import (
+    array_records,
+    arrays_from_numpy,
+    config_records,
+    numpy_from_arrays,
+    record_dict,
+)
 from fedsim.seeding import derive_rng
 
 if TYPE_CHECKING:
@@ -63,7 +69,7 @@ def channel_mod(env_of: EnvOf) -> Mod:
         if links.native:
             return call_next(msg, context)
         got, references = links.delivered(array_records(msg.content))
-        content = RecordDict(dict(msg.content.items()))
+        content = record_dict(msg.content)
         for name, record in got.items():
             content[name] = record
         msg.content = content

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
@@ -47,7 +47,7 @@ from fedsim.algorithms.payloads import ARRAYS, EvalRes
 from fedsim.algorithms.strategy import Algorithm, ServerContext
 from fedsim.algorithms.wrap.state import flower_state, load_flower_state, wrapped_strategy
 from fedsim.data.participation import ParticipationSampler
-from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays
+from fedsim.records import array_records, arrays_from_numpy, numpy_from_arrays, record_dict
 from fedsim.seeding import derive_rng
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class FedsimStrategy(FlowerStrategy):
         pid = self.ctx.partition_of[msg.metadata.dst_node_id]
         sent = self.links.down.send(array_records(msg.content), server_round, pid)
         _, self._received[pid] = self.links.delivered(sent)
-        content = RecordDict(dict(msg.content.items()))
+        content = record_dict(msg.content)
         for name, record in sent.items():
             content[name] = record
         return Message(
@@ -216,7 +216,7 @@ class FedsimStrategy(FlowerStrategy):
         """The reply with the full arrays put back, if it came through ``channel.up``
         (a copy: the message as it travelled stays as it was)."""
         # copies down to the record mappings: some of Flower's strategies pop arrays out
-        content = RecordDict(
+        content = record_dict(
             {k: _shallow(v) if isinstance(v, ArrayRecord) else v for k, v in msg.content.items()}
         )
         decoded = copy.copy(msg)
