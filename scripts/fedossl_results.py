@@ -2,8 +2,9 @@
 official budget (20 rounds x 5 local epochs, the official loss schedule, SGD lr 0.1 with
 its state kept across rounds).
 
-Runs every (scenario, seed, method) with ``fedsim run``, one at a time (skipping runs that
-are already complete), then writes ``docs/results/fedossl.md`` and
+Runs every (scenario, seed, method) with ``fedsim run``, one at a time: complete runs and
+runs a live process holds are skipped, an interrupted run continues from its last round's
+checkpoint (``fedsim resume``); then writes ``docs/results/fedossl.md`` and
 ``docs/results/fedossl_summary.json`` from whatever runs are complete.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python scripts/fedossl_results.py
@@ -33,26 +34,32 @@ KEYS = ("acc_seen", "acc_unseen", "acc_all", "acc_unseen_local", "acc_unseen_glo
 ROUNDS = 20
 LOCAL_EPOCHS = 5
 
+
 #: The official protocol (cugzj/FedoSSL, fedossl_cifar.py): SGD lr 0.1, momentum 0.9,
 #: weight decay 5e-4, each client's optimizer kept across rounds (its MultiStepLR
 #: milestones 140/180 local epochs lie beyond 20 x 5 = 100, so the rate is constant);
 #: calibration from round 6 and pseudo-labels from round 8 (1-based; the code's 0-based
 #: ``global_round > 4`` / ``> 6``) are the strategy's defaults.  Batch 128 instead of
 #: 512: the digit clients hold 200-1,200 samples.
-COMMON = [
-    f"rounds={ROUNDS}",
-    f"train.local_epochs={LOCAL_EPOCHS}",
-    "train.batch_size=128",
-    "train.lr=0.1",
-    "train.momentum=0.9",
-    "train.weight_decay=5e-4",
-    "train.persist_optimizer=true",
-    "strategy.protocol=transductive",
-    "train.augment.recipe=cifar",  # pad-and-crop (the padding per scenario below)
-    f"eval_every={ROUNDS}",
-    "runtime.threads=1",
-    "progress=false",
-]
+def common() -> list[str]:
+    """The overrides every run shares (``--rounds`` / ``--local-epochs`` shrink the budget
+    for a test; results use the defaults above)."""
+    return [
+        f"rounds={ROUNDS}",
+        f"train.local_epochs={LOCAL_EPOCHS}",
+        "train.batch_size=128",
+        "train.lr=0.1",
+        "train.momentum=0.9",
+        "train.weight_decay=5e-4",
+        "train.persist_optimizer=true",
+        "strategy.protocol=transductive",
+        "train.augment.recipe=cifar",  # pad-and-crop (the padding per scenario below)
+        f"eval_every={ROUNDS}",
+        "runtime.threads=1",
+        "progress=false",
+        "checkpoint_every=1",  # an interrupted run resumes (fedsim resume)
+    ]
+
 
 #: scenario -> extra overrides (mnist_open_world subsampled to fit one CPU core); the crop
 #: padding is the tables' image height / 8 (1 px on 8x8, 3 px on 28x28)
@@ -130,7 +137,7 @@ def overrides(out: Path, scenario: str, method: str, seed: int) -> list[str]:
         f"seed={seed}",
         f"output_dir={root}",
         f"experiment={scenario}",
-        *COMMON,
+        *common(),
         *BUDGETS[scenario],
         *extra,
         *(
@@ -150,13 +157,22 @@ def complete(path: Path) -> bool:
     return status(path) == "complete"
 
 
-def launch(out: Path, scenario: str, method: str, seed: int, rerun: bool = False) -> str:
+def launch(out: Path, scenario: str, method: str, seed: int) -> str:
+    """Run one job: skipped when complete or held by a live process, resumed from its
+    checkpoint when interrupted, started afresh otherwise."""
+    from fedsim.engine.checkpoint import CHECKPOINT_FILE
+    from fedsim.runlock import live_holder
+
     path = run_dir(out, scenario, method, seed)
     if complete(path):
         return f"skip {path} (complete)"
-    if status(path) == "running" and not rerun:  # another invocation is on it
-        return f"skip {path} (running; --rerun-running to restart it)"
-    args = [FEDSIM, "run", *overrides(out, scenario, method, seed), "overwrite=true"]
+    holder = live_holder(path)
+    if holder is not None:  # another invocation is on it
+        return f"skip {path} (held by {holder.describe()})"
+    if (path / CHECKPOINT_FILE).exists():
+        args = [FEDSIM, "resume", str(path)]
+    else:  # nothing to resume from (or an unfinished run written without checkpoints)
+        args = [FEDSIM, "run", *overrides(out, scenario, method, seed), "overwrite=true"]
     env = dict(
         os.environ,
         PYTHONPATH=str(REPO),
@@ -346,7 +362,7 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         "## Protocol\n",
         f"* {ROUNDS} rounds x {LOCAL_EPOCHS} local epochs, all 5 clients every round, "
         f"seeds {', '.join(map(str, seeds))}; each run is "
-        f"`fedsim run scenario=<s> strategy=<m> seed=<k> {' '.join(COMMON)}` plus the "
+        f"`fedsim run scenario=<s> strategy=<m> seed=<k> {' '.join(common())}` plus the "
         "scenario overrides below.",
         "* Accuracy: final round, transductive (every client's model with its own "
         "batch-norm statistics scored on the union of all clients' unlabelled training "
@@ -420,6 +436,7 @@ def epochs_for(args: argparse.Namespace, scenario: str) -> int:
 
 
 def main() -> None:
+    global METHODS, ROUNDS, LOCAL_EPOCHS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fedossl_results")
     parser.add_argument("--only", nargs="*", default=list(BUDGETS))
@@ -428,7 +445,8 @@ def main() -> None:
     parser.add_argument(
         "--ablations", action="store_true", help="also run ABLATIONS (after the main runs)"
     )
-    parser.add_argument("--rerun-running", action="store_true")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="(tests: a tiny budget)")
+    parser.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS, help="(tests)")
     parser.add_argument("--doc", default="docs/results/fedossl.md")
     parser.add_argument("--summary", default="docs/results/fedossl_summary.json")
     parser.add_argument("--notes", default="docs/results/fedossl_notes.md",
@@ -447,7 +465,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
-    global METHODS
+    ROUNDS, LOCAL_EPOCHS = args.rounds, args.local_epochs
     if args.methods:
         METHODS = tuple(m for m in METHODS if m in args.methods)
     if args.pretrain_epochs > 0:
@@ -464,7 +482,7 @@ def main() -> None:
             todo += [(sc, m, s) for sc in args.only for s in args.seeds for m in ABLATIONS]
         t0 = time.perf_counter()
         for job in todo:  # one process at a time (shared CPU)
-            print(launch(out, *job, rerun=args.rerun_running), flush=True)
+            print(launch(out, *job), flush=True)
             write_reports(out, args)
         print(f"total wall {time.perf_counter() - t0:.0f}s", flush=True)
     write_reports(out, args)

@@ -27,15 +27,9 @@ def _status(run_dir: Path) -> str:
     return str(json.loads((run_dir / "run.json").read_text())["status"])
 
 
-def test_fraug_faithful_killed_then_restarted_resumes(tmp_path: Path) -> None:
-    shared_file("digits/usps_test.npz")
-    out, doc = tmp_path / "runs", tmp_path / "ff.md"
-    cmd = [
-        sys.executable, "scripts/fraug_faithful.py", "--seeds", "0", "--rounds", "4",
-        "--checkpoint-every", "1", "--out", str(out), "--doc", str(doc),
-    ]  # fmt: skip
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
-    first = out / "fraug_faithful-0.25" / "fedbn" / "seed-0"
+def _kill_after_two_rounds(cmd: list[str], env: dict[str, str], first: Path) -> None:
+    """Start the script in its own process group, SIGTERM the group once ``first`` has two
+    rounds, and wait until that run says it was interrupted."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     try:
         deadline = time.time() + 600
@@ -54,6 +48,18 @@ def test_fraug_faithful_killed_then_restarted_resumes(tmp_path: Path) -> None:
         time.sleep(0.5)
     assert _status(first) == "interrupted"
     assert len(_rounds(first)) < 4
+
+
+def test_fraug_faithful_killed_then_restarted_resumes(tmp_path: Path) -> None:
+    shared_file("digits/usps_test.npz")
+    out, doc = tmp_path / "runs", tmp_path / "ff.md"
+    cmd = [
+        sys.executable, "scripts/fraug_faithful.py", "--seeds", "0", "--rounds", "4",
+        "--checkpoint-every", "1", "--out", str(out), "--doc", str(doc),
+    ]  # fmt: skip
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
+    first = out / "fraug_faithful-0.25" / "fedbn" / "seed-0"
+    _kill_after_two_rounds(cmd, env, first)
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _rounds(first) == [1, 2, 3, 4]  # resumed: every round once
@@ -63,3 +69,25 @@ def test_fraug_faithful_killed_then_restarted_resumes(tmp_path: Path) -> None:
     summary = json.loads(doc.with_suffix(".json").read_text())
     assert summary["strategies"]["fedbn"]["seeds"] == [0]
     assert "fraug-fedbn" in summary["paired"]
+
+
+def test_fedossl_results_killed_then_restarted_resumes(tmp_path: Path) -> None:
+    out, doc = tmp_path / "runs", tmp_path / "fo.md"
+    cmd = [
+        sys.executable, "scripts/fedossl_results.py", "--only", "digits_open_world",
+        "--seeds", "0", "--methods", "fedossl", "fedossl_orca", "--rounds", "4",
+        "--local-epochs", "1", "--out", str(out), "--doc", str(doc),
+        "--summary", str(tmp_path / "fo.json"), "--notes", str(tmp_path / "none.md"),
+    ]  # fmt: skip
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PYTHONPATH": str(REPO)}
+    first = out / "digits_open_world" / "fedossl" / "seed-0"
+    _kill_after_two_rounds(cmd, env, first)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"skip {first}" not in again.stdout  # neither skipped nor restarted ...
+    assert _rounds(first) == [1, 2, 3, 4]  # ... but resumed: every round once
+    assert "resuming from round" in (first / "fedsim.log").read_text()
+    assert _rounds(out / "digits_open_world" / "fedossl_orca" / "seed-0") == [1, 2, 3, 4]
+    summary = json.loads((tmp_path / "fo.json").read_text())
+    assert summary["digits_open_world"]["fedossl"]["rounds"] == 4
+    assert summary["digits_open_world"]["fedossl"]["seeds"] == [0]
