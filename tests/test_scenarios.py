@@ -175,9 +175,7 @@ def test_shipped_scenario_runs_two_rounds(name: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
-EMBEDDED = [
-    n for n in SCENARIOS if _is_embedded(n) and _scenario(n).task == "classification"
-]
+EMBEDDED = [n for n in SCENARIOS if _is_embedded(n) and _scenario(n).task == "classification"]
 
 
 @pytest.mark.parametrize("name", EMBEDDED)
