@@ -50,6 +50,32 @@ def test_register_configs_reads_only_the_selected_scenario_files(
             conf._STORED.pop(("scenario", name), None)
 
 
+def test_compose_reads_only_the_chosen_scenario_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fedsim.run``, the tests and the benchmarks compose through ``compose``: it reads
+    the chosen scenario (a name or a path), not every shipped file."""
+    bad = tmp_path / "compose_bad.yaml"
+    bad.write_text("num_clients: [\n")  # read, it would make this scenario unusable
+    chosen = tmp_path / "compose_chosen.yaml"
+    chosen.write_text("num_clients: 3\n")
+    monkeypatch.setattr(conf, "scenario_files", lambda: {"compose_bad": bad})
+    read: list[str] = []
+    real = conf.load_scenario_file
+    monkeypatch.setattr(
+        conf, "load_scenario_file", lambda path: read.append(path.stem) or real(path)
+    )
+    try:
+        cfg = conf.compose([f"scenario={chosen}", "rounds=1"])
+        assert cfg.scenario.num_clients == 3
+        assert read == ["compose_chosen"]
+    finally:
+        repo = ConfigStore.instance().repo.get("scenario", {})
+        for name in ("compose_bad", "compose_chosen"):
+            repo.pop(f"{name}.yaml", None)
+            conf._STORED.pop(("scenario", name), None)
+
+
 def _capture_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Replace the run itself: record the configuration each run would execute."""
     import fedsim.engine.runner

@@ -255,8 +255,9 @@ def precheck_sweep(overrides: list[str]) -> RunConfig | None:
 def compose(overrides: list[str]) -> RunConfig:
     """Compose a run configuration the way ``fedsim run`` does (for tests and ``flwr run``)."""
     extra = _path_scenarios(overrides)
-    broken = register_configs(extra)
     overrides = [_rewrite_scenario(o, extra) for o in overrides]
+    # as `fedsim run` does: only the chosen scenario files are read
+    broken = register_configs(extra, selected_scenarios(overrides))
     check_overrides(overrides, broken)
     run_cfg = _compose_one(overrides)
     apply_scenario_rounds(run_cfg, overrides)
