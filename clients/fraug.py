@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.algorithms import optim
 from fedsim.algorithms.client import Client, LocalResult, LocalRun
+from fedsim.algorithms.optim import Optimizer
 from fedsim.algorithms.payloads import TrainIns
 from fedsim.algorithms.training import BatchOut, TrainStats
 from fedsim.config import RunConfig, TrainConfig
@@ -304,11 +306,11 @@ class Augmenter:
         return 0.5 * total
 
 
-def _sgd(module: nn.Module, lr: float, momentum: float) -> torch.optim.SGD:
-    return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
+def _sgd(module: nn.Module, lr: float, momentum: float) -> Optimizer:
+    return optim.sgd(module.parameters(), lr=lr, momentum=momentum)
 
 
-def _optim_state(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optim_state(prefix: str, opt: Optimizer) -> dict[str, torch.Tensor]:
     return {
         f"{prefix}/{idx}/{name}": t
         for idx, st in opt.state_dict()["state"].items()
@@ -318,7 +320,7 @@ def _optim_state(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Ten
 
 
 def _load_optim_state(
-    prefix: str, opt: torch.optim.Optimizer, saved: dict[str, torch.Tensor], device: torch.device
+    prefix: str, opt: Optimizer, saved: dict[str, torch.Tensor], device: torch.device
 ) -> None:
     sd = opt.state_dict()
     for key, tensor in saved.items():
@@ -367,7 +369,7 @@ class FRAugRun(LocalRun[Client]):
         n_local = len(client.env.fed.client(client.pid).y)
         self.per_round = t.local_steps or t.local_epochs * math.ceil(n_local / t.batch_size)
 
-    def _build(self) -> tuple[Augmenter, tuple[torch.optim.SGD, torch.optim.SGD]]:
+    def _build(self) -> tuple[Augmenter, tuple[Optimizer, Optimizer]]:
         client = self.client
         device = client.env.device
         state = array_records(client.state)

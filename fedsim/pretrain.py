@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.algorithms import optim
 from fedsim.config import AugmentConfig, RunConfig
 from fedsim.errors import ConfigError
 
@@ -135,7 +136,7 @@ def run_pretrain(pc: PretrainConfig, cfg: RunConfig) -> dict[str, float]:
         torch.manual_seed(derive_seed(cfg.seed, "pretrain-projector"))
         proj = Projector(int(model.feature_dim), pc.proj_dim).to(device)
     params = [*model.parameters(), *proj.parameters()]
-    opt = torch.optim.SGD(params, lr=pc.lr, momentum=0.9, weight_decay=pc.weight_decay)
+    opt = optim.sgd(params, lr=pc.lr, momentum=0.9, weight_decay=pc.weight_decay)
     out = Path(pc.out)
     partial = out.with_name(out.name + ".partial")
     start = 0

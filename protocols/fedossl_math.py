@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsim.algorithms import optim
 from fedsim.data.openworld import hungarian_accuracy
 
 
@@ -125,7 +126,7 @@ def global_clustering(
     """
     cg = torch.nn.Parameter(F.normalize(centroids.detach().float().clone(), dim=1))
     zn = F.normalize(z.detach().float(), dim=1)
-    opt = torch.optim.SGD([cg], lr=lr, momentum=0.9, weight_decay=1e-4)
+    opt = optim.sgd([cg], lr=lr, momentum=0.9, weight_decay=1e-4)
     total = 0.0
     for _ in range(steps):
         with torch.no_grad():

@@ -121,14 +121,27 @@ def test_a_single_run_reports_a_bad_value_in_one_line(
     assert capsys.readouterr().err.strip() == "fedsim: error: rounds: must be >= 1, got 0"
 
 
-def test_a_one_round_run_imports_neither_dynamo_nor_matplotlib(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        # FRAug's generator and transformation network, FedoSSL's centroids: their own
+        # optimisers too
+        ("strategy=fraug",),
+        ("scenario=digits_open_world", "strategy=fedossl", "scenario.num_clients=5"),
+    ],
+    ids=["fedavg", "fraug", "fedossl"],
+)
+def test_a_one_round_run_imports_neither_dynamo_nor_matplotlib(
+    tmp_path: Path, extra: tuple[str, ...]
+) -> None:
     # torch._dynamo (the first torch.optim optimiser) and matplotlib (the partition
     # picture) were a second each of start-up; a fresh process shows what a run imports
+    args = ["run", "rounds=1", "scenario.num_clients=2", "backbone.width=0.25", *extra]
     code = (
         "import sys\n"
         "from fedsim.cli import main\n"
-        f"assert main(['run', 'rounds=1', 'scenario.num_clients=2', 'backbone.width=0.25',\n"
-        f"             'progress=false', 'output_dir={tmp_path}']) == 0\n"
+        f"assert main({args!r} + ['progress=false', 'output_dir={tmp_path}']) == 0\n"
         "print(sorted(m for m in ('torch._dynamo', 'matplotlib', 'sympy') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

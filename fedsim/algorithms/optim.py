@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SGD", "Adam", "LocalOptimizer", "Optimizer", "kind", "native"]
+__all__ = ["SGD", "Adam", "LocalOptimizer", "Optimizer", "kind", "native", "sgd"]
 
 
 class LocalOptimizer:
@@ -277,3 +277,19 @@ def native(params: Sequence[torch.Tensor]) -> bool:
     """True when torch would update ``params`` with its single-tensor path (all of them
     on the CPU), the one :class:`SGD` / :class:`Adam` reproduce bit for bit."""
     return all(p.device.type == "cpu" for p in params)
+
+
+def sgd(
+    params: Iterable[torch.Tensor],
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> Optimizer:
+    """SGD over ``params``: this module's on the CPU (torch's arithmetic bit for bit, no
+    ``torch._dynamo`` import), ``torch.optim.SGD`` elsewhere (see :func:`native`).  For
+    the optimisers an algorithm keeps besides the client's (FRAug's generator and
+    transformation network, FedoSSL's centroids, SimCLR pretraining)."""
+    tensors = list(params)
+    cls = SGD if native(tensors) else torch.optim.SGD
+    return cls(tensors, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)

@@ -61,8 +61,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) 
     rate = cfg.lr if lr is None else lr
     own = optim.native(params)
     if cfg.optimizer == "sgd":
-        sgd = optim.SGD if own else torch.optim.SGD
-        return sgd(
+        return optim.sgd(
             params,
             lr=rate,
             momentum=cfg.momentum,
