@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -60,7 +61,7 @@ def _clients(
     augment: str = "",
 ) -> list[dict[str, Any]]:
     """Train ``len(sizes)`` clients on one shared model, as ``Client.fit`` does (under the
-    environment lock); ``mode`` off = one after the other, on = threads around a batcher.
+    environment lock); ``mode`` off = one after the other, on = greenlets around a batcher.
     ``rounds`` > 1 carries every client's optimizer state over (train.persist_optimizer)."""
     model = initial_model(BackboneConfig(name=backbone, width=0.5), shape, 10, 0)
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -107,18 +108,13 @@ def _clients(
                 with contextlib.suppress(RuntimeError):
                     fit(i, rnd)
             continue
-        batcher = RoundBatcher(mode, len(sizes))
+        batcher = RoundBatcher(mode)
 
         def run(i: int, rnd: int = rnd, b: RoundBatcher = batcher) -> None:
             with b.bind(), contextlib.suppress(RuntimeError):
                 fit(i, rnd)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sizes))]
-        for t in threads:
-            t.start()
-        batcher.serve(train_jobs)
-        for t in threads:
-            t.join()
+        batcher.run([functools.partial(run, i) for i in range(len(sizes))], train_jobs)
     return out
 
 
@@ -246,7 +242,7 @@ def test_closure_hooks_fall_back_under_auto_and_refuse_under_on(caplog: Any) -> 
     assert len(said) == 1 and "closures" in said[0]
     with pytest.raises(VectorizeError, match=r"runtime.vectorize=on: .*closures"):
         model = initial_model(BackboneConfig(name="logreg"), (1, 8, 8), 10, 0)
-        batcher = RoundBatcher("on", 2)
+        batcher = RoundBatcher("on")
         with batcher.bind():
             x, y = _data([10], (1, 8, 8))[0]
             train_local(

@@ -21,7 +21,7 @@ import multiprocessing as mp
 import signal
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
@@ -74,7 +74,6 @@ class _Clients:
         self.contexts: dict[int, Context] = {}
         self.client_seconds = 0.0
         self.vectorize, self.threads = _vectorize_mode(run_config)
-        self._pool: ThreadPoolExecutor | None = None
         self._fallbacks_logged: set[str] = set()
 
     def context(self, node_id: int) -> Context:
@@ -120,7 +119,7 @@ class _Clients:
 
     def execute_many(self, messages: list[Message], timeout: float | None) -> list[Message]:
         """Replies to ``messages``, in order.  With ``runtime.vectorize`` on or auto, a
-        round's TRAIN messages run in one thread each around a shared
+        round's TRAIN messages run in one greenlet each around a shared
         :class:`fedsim.algorithms.vectorize.RoundBatcher`, which trains their clients together."""
         train = [i for i, m in enumerate(messages) if _is_train(m)]
         if self.vectorize == "off" or len(train) < 2:
@@ -129,25 +128,19 @@ class _Clients:
         from fedsim.algorithms.vmap_train import train_jobs
 
         replies: list[Message | None] = [None] * len(messages)
-        batcher = RoundBatcher(self.vectorize, len(train), self._fallbacks_logged)
-        if self._pool is None or self._pool._max_workers < len(train):
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(len(train), thread_name_prefix="fedsim-client")
+        batcher = RoundBatcher(self.vectorize, self._fallbacks_logged)
 
         def handle(i: int) -> Message:
-            _set_threads(self.threads)
             with batcher.bind():
                 return self.execute(messages[i], timeout, reraise=(VectorizeError,))
 
         t0 = time.perf_counter()
         seconds = self.client_seconds
-        futures = [(i, self._pool.submit(handle, i)) for i in train]
         _set_threads(self.threads)
-        batcher.serve(train_jobs)
-        for i, fut in futures:
-            replies[i] = fut.result()  # a VectorizeError (vectorize=on) ends the run
-        # threads overlap: count the round's wall time once, not every client's wait
+        got = batcher.run([partial(handle, i) for i in train], train_jobs)
+        for i, reply in zip(train, got, strict=True):
+            replies[i] = reply  # a VectorizeError (vectorize=on) ends the run
+        # the clients interleave: count the round's wall time once
         self.client_seconds = seconds + time.perf_counter() - t0
         for i, m in enumerate(messages):
             if replies[i] is None:
@@ -155,9 +148,7 @@ class _Clients:
         return [r for r in replies if r is not None]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        """Nothing to release: the clients run in this thread."""
 
     def states(self) -> dict[int, RecordDict]:
         return {
