@@ -58,12 +58,17 @@ def _clients(
     rounds: int = 1,
     shape: tuple[int, int, int] = (1, 16, 16),
     declare: bool = True,
+    make_model: Callable[[], nn.Module] | None = None,
     augment: str = "",
 ) -> list[dict[str, Any]]:
     """Train ``len(sizes)`` clients on one shared model, as ``Client.fit`` does (under the
     environment lock); ``mode`` off = one after the other, on = greenlets around a batcher.
     ``rounds`` > 1 carries every client's optimizer state over (train.persist_optimizer)."""
-    model = initial_model(BackboneConfig(name=backbone, width=0.5), shape, 10, 0)
+    model = (
+        make_model()
+        if make_model is not None
+        else initial_model(BackboneConfig(name=backbone, width=0.5), shape, 10, 0)
+    )
     init = {k: v.clone() for k, v in model.state_dict().items()}
     data = _data(sizes, shape)
     lock = threading.Lock()
@@ -222,6 +227,30 @@ def _prox(mu: float) -> Hooks:
     return make
 
 
+class _Tempered(nn.Module):
+    """A linear classifier with a learnable 0-d temperature (a scalar parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lin(x) * self.scale
+        return out
+
+
+def test_scalar_parameters_with_a_proximal_term_and_clipping() -> None:
+    # a 0-d parameter is a 1-d row per client once stacked: the proximal term and the
+    # per-client clipping norm must still sum it per client
+    cfg = TrainConfig(batch_size=5, lr=0.1, momentum=0.9, clip_norm=0.5)
+    seq = _clients("", [12, 17], cfg, "off", hooks=_prox(0.5), make_model=_Tempered)
+    vec = _clients("", [12, 17], cfg, "on", hooks=_prox(0.5), make_model=_Tempered)
+    _agree(seq, vec)
+    assert float(seq[0]["state"]["scale"]) != pytest.approx(1.5)  # the scalar trained
+
+
 def test_fedprox_proximal_term() -> None:
     seq = _clients("mlp", [12, 17], SGD, "off", hooks=_prox(0.5))
     _agree(seq, _clients("mlp", [12, 17], SGD, "on", hooks=_prox(0.5)))
@@ -341,3 +370,48 @@ def test_an_undeclared_lock_trains_one_by_one_instead_of_deadlocking(caplog: Any
         auto = _clients("logreg", [10, 10], SGD, "auto", declare=False)
     _agree(_clients("logreg", [10, 10], SGD, "off"), auto, tol=0.0)
     assert any("declared no lock" in r.getMessage() for r in caplog.records)
+
+
+def test_an_interrupt_surfaces_at_once_and_unwinds_the_waiting_clients() -> None:
+    # a client waiting in submit while another is interrupted: the interrupt is not held
+    # back until the batched step ran, and the waiting client's finally blocks run
+    batcher = RoundBatcher("on")
+    trained: list[Any] = []
+    unwound: list[bool] = []
+
+    class _Job:
+        done = False
+        error = None
+
+    def waits() -> None:
+        with batcher.bind():
+            try:
+                batcher.submit(_Job())
+            finally:
+                unwound.append(True)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batcher.run([waits, interrupted], trained.append)
+    assert trained == [] and unwound == [True]
+    with pytest.raises(RuntimeError, match=r"outside RoundBatcher\.run"):
+        batcher.submit(_Job())  # the round is over
+
+
+def test_client_errors_are_raised_after_the_round() -> None:
+    batcher = RoundBatcher("on")
+    order: list[str] = []
+
+    def fails() -> None:
+        order.append("fails")
+        raise ValueError("client 0")
+
+    def works() -> str:
+        order.append("works")
+        return "reply"
+
+    with pytest.raises(ValueError, match="client 0"):
+        batcher.run([fails, works], lambda jobs: None)
+    assert order == ["fails", "works"]  # the other client still ran

@@ -250,7 +250,7 @@ def _train_group(jobs: list[Job]) -> None:
             if r is not None:
                 total = torch.zeros(len(yb), device=dev)
                 for k in names:
-                    total = total + (leaves[k] - r[k]).pow(2).flatten(1).sum(1)
+                    total = total + (leaves[k] - r[k]).pow(2).reshape(len(yb), -1).sum(1)
                 losses = losses + 0.5 * m * total
             grads = torch.autograd.grad(losses.sum(), [leaves[k] for k in names])
         return dict(zip(names, grads, strict=True)), losses.detach()
@@ -315,6 +315,6 @@ def _train_group(jobs: list[Job]) -> None:
 
 def _clip_rows(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
     """``clip_grad_norm_`` for every client (row) at once: each row's global L2 norm."""
-    sq = sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values())
+    sq = sum(g.float().pow(2).reshape(len(g), -1).sum(1) for g in grads.values())
     coef = (max_norm / (torch.as_tensor(sq).sqrt() + 1e-6)).clamp(max=1.0)
     return {k: g * coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}
