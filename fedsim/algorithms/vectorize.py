@@ -151,32 +151,43 @@ class RoundBatcher:
     def run(self, calls: list[Callable[[], Any]], train: Callable[[list[Any]], None]) -> list[Any]:
         """The results of ``calls``, each run in its own greenlet; ``train`` trains every
         full set of submitted jobs.  A call's exception is raised here, after the others
-        finished (the first one in call order)."""
+        finished (the first one in call order); an interrupt (``KeyboardInterrupt``,
+        :class:`fedsim.errors.Interrupted`) is raised at once, and the clients still
+        waiting are unwound (their ``finally`` blocks run) before it propagates."""
         import greenlet
 
         self._parent = greenlet.getcurrent()
         results: list[Any] = [None] * len(calls)
-        errors: list[BaseException | None] = [None] * len(calls)
+        errors: list[Exception | None] = [None] * len(calls)
+        lets: list[Any] = []
 
         def body(i: int) -> None:
             try:
                 results[i] = calls[i]()
-            except BaseException as e:
+            except Exception as e:  # re-raised below, in this greenlet
                 errors[i] = e
 
-        for i in range(len(calls)):
-            greenlet.greenlet(partial(body, i)).switch()  # runs until it submits or returns
-        while self._pending:
-            jobs, self._pending = self._pending, []
-            try:
-                train(jobs)
-            except Exception as e:  # every waiting client learns why
+        try:
+            for i in range(len(calls)):
+                lets.append(greenlet.greenlet(partial(body, i)))
+                lets[-1].switch()  # runs until it submits or returns
+            while self._pending:
+                jobs, self._pending = self._pending, []
+                try:
+                    train(jobs)
+                except Exception as e:  # every waiting client learns why
+                    for job in jobs:
+                        job.error = e
                 for job in jobs:
-                    job.error = e
-            for job in jobs:
-                job.done = True
-            for job in jobs:
-                job.waiter.switch()  # back into train_local; it may submit again
+                    job.done = True
+                for job in jobs:
+                    job.waiter.switch()  # back into train_local; it may submit again
+        finally:
+            self._parent = None
+            self._pending = []
+            for let in lets:  # only after an interrupt: clients still inside submit
+                if not let.dead:
+                    let.throw(greenlet.GreenletExit)
         first = next((err for err in errors if err is not None), None)
         if first is not None:
             raise first
