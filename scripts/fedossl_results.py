@@ -153,6 +153,15 @@ def status(path: Path) -> str:
     return str(json.loads(info.read_text()).get("status", "")) if info.exists() else ""
 
 
+def budget(path: Path) -> tuple[int, int] | None:
+    """``(rounds, local epochs)`` recorded by the run in ``path``, if any."""
+    info = path / "run.json"
+    if not info.exists():
+        return None
+    cfg = json.loads(info.read_text()).get("config", {})
+    return int(cfg.get("rounds", -1)), int(cfg.get("train", {}).get("local_epochs", -1))
+
+
 def complete(path: Path) -> bool:
     return status(path) == "complete"
 
@@ -169,9 +178,9 @@ def launch(out: Path, scenario: str, method: str, seed: int) -> str:
     holder = live_holder(path)
     if holder is not None:  # another invocation is on it
         return f"skip {path} (held by {holder.describe()})"
-    if (path / CHECKPOINT_FILE).exists():
+    if (path / CHECKPOINT_FILE).exists() and budget(path) == (ROUNDS, LOCAL_EPOCHS):
         args = [FEDSIM, "resume", str(path)]
-    else:  # nothing to resume from (or an unfinished run written without checkpoints)
+    else:  # nothing to resume from, or a run of another budget (--rounds, --local-epochs)
         args = [FEDSIM, "run", *overrides(out, scenario, method, seed), "overwrite=true"]
     env = dict(
         os.environ,

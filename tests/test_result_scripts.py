@@ -91,3 +91,33 @@ def test_fedossl_results_killed_then_restarted_resumes(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "fo.json").read_text())
     assert summary["digits_open_world"]["fedossl"]["rounds"] == 4
     assert summary["digits_open_world"]["fedossl"]["seeds"] == [0]
+
+
+def test_fedossl_results_resumes_only_a_run_of_the_same_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from fedsim.engine.checkpoint import CHECKPOINT_FILE
+
+    spec = importlib.util.spec_from_file_location(
+        "fedossl_results", REPO / "scripts" / "fedossl_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    launched: list[list[str]] = []
+
+    def fake_run(args: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        launched.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    run = script.run_dir(tmp_path, "digits_open_world", "fedossl", 0)
+    run.mkdir(parents=True)
+    (run / CHECKPOINT_FILE).write_text("{}")
+    for rounds, verb in ((20, "resume"), (4, "run")):
+        info = {"status": "interrupted", "config": {"rounds": rounds, "train": {"local_epochs": 5}}}
+        (run / "run.json").write_text(json.dumps(info))
+        script.launch(tmp_path, "digits_open_world", "fedossl", 0)
+        assert launched[-1][1] == verb, launched[-1]  # another budget starts afresh
