@@ -1,7 +1,7 @@
 """FRAug vs FedBN on digits_feature_shift at the faithful protocol, paired over seeds.
 
     .venv/bin/python scripts/fraug_faithful.py [--seeds 0 1 2 3 4] [--rounds 150]
-        [--width 0.25] [--with-fedavg] [--report-only]
+        [--width 0.25] [--with-fedavg] [--variants fraug_lamg0 --doc OTHER.md] [--report-only]
 
 The protocol of the official FRAug Digits run (``docs/results/audit_fraug.md``) as far as
 fedsim and this machine go:
@@ -57,8 +57,30 @@ PROTOCOL = {
 }
 
 
+#: ``--variants``: name -> (registered strategy, extra overrides).  A variant's runs live
+#: under their own experiment (``fraug_faithful-<width>-<name>``), paired with the same
+#: FedBN runs.  ``fraug_lamg0`` drops the generator's distance reward (``- lam_G Dist_G``,
+#: unbounded: it diverges in every seed of the faithful runs, fraug_faithful_notes.md).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "fraug_lamg0": ("fraug", ["strategy.lam_g=0"]),
+}
+
+
+def experiment(strategy: str, width: float) -> str:
+    base = f"fraug_faithful-{width:g}"
+    return f"{base}-{strategy}" if strategy in VARIANTS else base
+
+
 def overrides(
     strategy: str, seed: int, rounds: int, width: float, out: Path, every: int = 10
+) -> list[str]:
+    registered, extra = VARIANTS.get(strategy, (strategy, []))
+    return [*_overrides(registered, seed, rounds, width, out, every), *extra,
+            f"experiment={experiment(strategy, width)}"]  # fmt: skip
+
+
+def _overrides(
+    strategy: str, seed: int, rounds: int, width: float, out: Path, every: int
 ) -> list[str]:
     p = PROTOCOL
     return [
@@ -71,13 +93,14 @@ def overrides(
         f"train.lr={p['lr']}", f"train.momentum={p['momentum']}",
         "train.persist_optimizer=true", "backbone=cnn_digits", f"backbone.width={width}",
         f"seed={seed}", f"rounds={rounds}", "eval_every=1", f"checkpoint_every={every}",
-        "runtime.threads=1", f"experiment=fraug_faithful-{width:g}", f"output_dir={out}",
+        "runtime.threads=1", f"output_dir={out}",
         "progress=false", "overwrite=true",
     ]  # fmt: skip
 
 
 def run_dir(out: Path, strategy: str, seed: int, width: float) -> Path:
-    return out / f"fraug_faithful-{width:g}" / strategy / f"seed-{seed}"
+    registered = VARIANTS.get(strategy, (strategy, []))[0]
+    return out / experiment(strategy, width) / registered / f"seed-{seed}"
 
 
 def run_one(
@@ -176,12 +199,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=150)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--with-fedavg", action="store_true")
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="also run these variants (give them their own --doc)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "runs")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "results" / "fraug_faithful.md")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ns = ap.parse_args()
-    strategies = ["fedbn", "fraug", *(["fedavg"] if ns.with_fedavg else [])]
+    strategies = ["fedbn", "fraug", *(["fedavg"] if ns.with_fedavg else []), *ns.variants]
     given = [a for a in sys.argv[1:] if a != "--report-only"]
     command = "python scripts/fraug_faithful.py " + " ".join(given)
 

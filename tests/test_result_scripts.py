@@ -121,3 +121,22 @@ def test_fedossl_results_resumes_only_a_run_of_the_same_budget(
         (run / "run.json").write_text(json.dumps(info))
         script.launch(tmp_path, "digits_open_world", "fedossl", 0)
         assert launched[-1][1] == verb, launched[-1]  # another budget starts afresh
+
+
+def test_fraug_faithful_variants_run_apart_from_fraug(tmp_path: Path) -> None:
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location("ff", REPO / "scripts" / "fraug_faithful.py")
+        assert spec is not None and spec.loader is not None
+        ff = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ff)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    plain, variant = (ff.run_dir(tmp_path, s, 0, 0.25) for s in ("fraug", "fraug_lamg0"))
+    assert plain != variant  # a variant never overwrites or resumes the FRAug runs
+    args = ff.overrides("fraug_lamg0", 0, 150, 0.25, tmp_path)
+    assert "strategy=fraug" in args and "strategy.lam_g=0" in args
+    assert f"experiment={variant.parent.parent.name}" in args  # where fedsim will write it
+    assert "strategy.lam_g=0" not in ff.overrides("fraug", 0, 150, 0.25, tmp_path)
