@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -231,9 +233,9 @@ def results(out: Path, scenario: str, method: str, seeds: list[int]) -> dict[int
     return {s: m for s, m in found.items() if m is not None}
 
 
-def table(out: Path, scenarios: list[str], seeds: list[int]) -> str:
+def table(out: Path, seeds_of: dict[str, list[int]]) -> str:
     rows = []
-    for scenario in scenarios:
+    for scenario, seeds in seeds_of.items():
         extra = BUDGETS[scenario]
         rows.append(f"\n### {scenario}\n")
         rows.append(f"Scenario overrides: `{' '.join(extra) or '(none)'}`\n")
@@ -307,14 +309,14 @@ def paired_rows(out: Path, scenario: str, seeds: list[int]) -> dict[str, dict[st
     }
 
 
-def paired_table(out: Path, scenarios: list[str], seeds: list[int]) -> str:
+def paired_table(out: Path, seeds_of: dict[str, list[int]]) -> str:
     lines = [
         "FedoSSL minus the ORCA baseline, paired by seed (same split and initial model), in "
         "points; 95 % t interval; paired t and Wilcoxon two-sided p.\n",
         "| scenario | figure | seeds | difference [95 % CI] | paired t p | Wilcoxon p |",
         "|---|---|---|---|---|---|",
     ]
-    for sc in scenarios:
+    for sc, seeds in seeds_of.items():
         for k, st in paired_rows(out, sc, seeds).items():
             ci = (
                 f"[{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}]"
@@ -328,10 +330,10 @@ def paired_table(out: Path, scenarios: list[str], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(out: Path, scenarios: list[str], seeds: list[int]) -> dict:
+def summary(out: Path, seeds_of: dict[str, list[int]]) -> dict:
     """``{scenario: {method: {seen, unseen, all, rounds, local_epochs, seeds}}}`` (mean %)."""
     doc: dict = {}
-    for scenario in scenarios:
+    for scenario, seeds in seeds_of.items():
         doc[scenario] = {}
         for method in METHODS:
             got = results(out, scenario, method, seeds)
@@ -351,9 +353,10 @@ def summary(out: Path, scenarios: list[str], seeds: list[int]) -> dict:
 
 
 def write_reports(out: Path, args: argparse.Namespace) -> None:
-    scenarios, seeds = list(args.only), list(args.seeds)
-    total = len(scenarios) * len(seeds) * len(METHODS)
-    done = sum(complete(run_dir(out, sc, m, s)) for sc in scenarios for m in METHODS for s in seeds)
+    seeds_of = {sc: seeds_for(args, sc) for sc in args.only}
+    jobs = [(sc, m, s) for sc, seeds in seeds_of.items() for m in METHODS for s in seeds]
+    done = sum(complete(run_dir(out, *job)) for job in jobs)
+    own = [f"{sc}: {', '.join(map(str, sd))}" for sc, sd in seeds_of.items() if sd != args.seeds]
     base = "PYTHONPATH=$PWD nice -n 10 .venv/bin/python scripts/fedossl_results.py"
     given = [a for a in sys.argv[1:] if a != "--report-only"]
     command = " ".join([base, *given])
@@ -370,7 +373,9 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         f"`{base} --only digits_open_world --ablations`.\n",
         "## Protocol\n",
         f"* {ROUNDS} rounds x {LOCAL_EPOCHS} local epochs, all 5 clients every round, "
-        f"seeds {', '.join(map(str, seeds))}; each run is "
+        f"seeds {', '.join(map(str, args.seeds))}"
+        + (f" ({'; '.join(own)})" if own else "")
+        + "; each run is "
         f"`fedsim run scenario=<s> strategy=<m> seed=<k> {' '.join(common())}` plus the "
         "scenario overrides below.",
         "* Accuracy: final round, transductive (every client's model with its own "
@@ -398,11 +403,11 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
             if PRETRAINED
             else []
         ),
-        f"* Complete: {done} of {total} runs.\n",
+        f"* Complete: {done} of {len(jobs)} runs.\n",
         "## Accuracy\n",
-        table(out, scenarios, seeds),
+        table(out, seeds_of),
         *(
-            ["## FedoSSL vs ORCA, paired\n", paired_table(out, scenarios, seeds)]
+            ["## FedoSSL vs ORCA, paired\n", paired_table(out, seeds_of)]
             if "fedossl_orca" in METHODS and "fedossl" in METHODS
             else []
         ),
@@ -413,13 +418,13 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         "`max softmax(Cg n(f) / T)` exceeds 0.95. The hidden labels are used for this "
         "measurement only. Before round 8 the pseudo-labels are measured but not used; "
         "before round 6 the global centroids are not used at all.\n",
-        *(pseudo_table(out, sc, seeds) for sc in scenarios),
+        *(pseudo_table(out, sc, seeds) for sc, seeds in seeds_of.items()),
     ]
     notes = REPO / args.notes
     if args.notes and notes.is_file():
         parts.append(notes.read_text())
     (REPO / args.doc).write_text("\n".join(parts))
-    doc = summary(out, scenarios, seeds)
+    doc = summary(out, seeds_of)
     if PRETRAINED:
         doc = {
             "protocol": {
@@ -433,22 +438,52 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
             **doc,
         }
     if "fedossl" in METHODS and "fedossl_orca" in METHODS:
-        doc["paired_fedossl_minus_orca"] = {sc: paired_rows(out, sc, seeds) for sc in scenarios}
+        doc["paired_fedossl_minus_orca"] = {
+            sc: paired_rows(out, sc, seeds) for sc, seeds in seeds_of.items()
+        }
     (REPO / args.summary).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def epochs_for(args: argparse.Namespace, scenario: str) -> int:
     """SimCLR epochs of a scenario's checkpoint (``--pretrain-epochs``, or its own value
     from ``--pretrain-epochs-for scenario=N``: ResNet-18 on CIFAR costs far more per epoch)."""
-    given = dict(item.split("=", 1) for item in args.pretrain_epochs_for)
-    return int(given.get(scenario, args.pretrain_epochs))
+    return int(args.pretrain_epochs_for.get(scenario, args.pretrain_epochs))
+
+
+def seeds_for(args: argparse.Namespace, scenario: str) -> list[int]:
+    """A scenario's seeds: ``--seeds``, or its own list from ``--seeds-for scenario=0,1,2``
+    (a scenario whose runs cost an hour each can keep fewer seeds than the others)."""
+    return list(args.seeds_for.get(scenario, args.seeds))
+
+
+def per_scenario(parser: argparse.ArgumentParser, flag: str, items: list[str],
+                 value: Callable[[str], Any]) -> dict[str, Any]:  # fmt: skip
+    """``SCENARIO=VALUE`` items of ``flag``, checked: one line and exit 2 on bad input."""
+    given: dict[str, Any] = {}
+    for item in items:
+        scenario, sep, raw = item.partition("=")
+        if not sep or scenario not in BUDGETS:
+            parser.error(f"{flag} {item!r}: expected SCENARIO=VALUE with SCENARIO one of "
+                         f"{', '.join(BUDGETS)}")  # fmt: skip
+        try:
+            given[scenario] = value(raw)
+        except ValueError:
+            parser.error(f"{flag} {item!r}: {raw!r} is not a valid value")
+    return given
+
+
+def _seed_list(raw: str) -> list[int]:
+    seeds = [int(s) for s in raw.split(",")]
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(raw)
+    return seeds
 
 
 def main() -> None:
     global METHODS, ROUNDS, LOCAL_EPOCHS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fedossl_results")
-    parser.add_argument("--only", nargs="*", default=list(BUDGETS))
+    parser.add_argument("--only", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
@@ -470,9 +505,17 @@ def main() -> None:
         help="a scenario's own number of SimCLR epochs (default: --pretrain-epochs)",
     )  # fmt: skip
     parser.add_argument(
+        "--seeds-for", nargs="*", default=[], metavar="SCENARIO=K,K,...",
+        help="a scenario's own seeds (default: --seeds)",
+    )  # fmt: skip
+    parser.add_argument(
         "--methods", nargs="*", default=None, help="a subset of the methods (default: all)"
     )
     args = parser.parse_args()
+    args.pretrain_epochs_for = per_scenario(
+        parser, "--pretrain-epochs-for", args.pretrain_epochs_for, int
+    )
+    args.seeds_for = per_scenario(parser, "--seeds-for", args.seeds_for, _seed_list)
     out = (REPO / args.out).resolve()
     ROUNDS, LOCAL_EPOCHS = args.rounds, args.local_epochs
     if args.methods:
@@ -486,9 +529,9 @@ def main() -> None:
                 else out / f"simclr-{sc}-{epochs_for(args, sc)}ep.pt"
             )
     if not args.report_only:
-        todo = [(sc, m, s) for sc in args.only for s in args.seeds for m in METHODS]
+        todo = [(sc, m, s) for sc in args.only for s in seeds_for(args, sc) for m in METHODS]
         if args.ablations:
-            todo += [(sc, m, s) for sc in args.only for s in args.seeds for m in ABLATIONS]
+            todo += [(sc, m, s) for sc in args.only for s in seeds_for(args, sc) for m in ABLATIONS]
         t0 = time.perf_counter()
         for job in todo:  # one process at a time (shared CPU)
             print(launch(out, *job), flush=True)

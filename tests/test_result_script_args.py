@@ -1,0 +1,89 @@
+"""``scripts/fedossl_results.py``'s per-scenario options: the runs it launches and the
+protocol its report states (no training: ``fedsim`` is replaced by a recorder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import REPO
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "fedossl_results", REPO / "scripts" / "fedossl_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _main(
+    script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> list[list[str]]:
+    launched: list[list[str]] = []
+
+    def record(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(script.subprocess, "run", record)
+    files = ["--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "r.md"),
+             "--summary", str(tmp_path / "r.json"),
+             "--notes", str(tmp_path / "none.md")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["fedossl_results.py", *args, *files])
+    script.main()
+    return launched
+
+
+def test_seeds_for_gives_a_scenario_its_own_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched = _main(
+        _script(), tmp_path, monkeypatch,
+        "--only", "digits_open_world", "cifar10_open_world", "--methods", "fedossl",
+        "--seeds", "0", "1", "2", "--seeds-for", "cifar10_open_world=0,1",
+    )  # fmt: skip
+
+    def given(cmd: list[str], key: str) -> str:
+        return next(a for a in cmd if a.startswith(key + "="))
+
+    ran = sorted((given(cmd, "scenario"), given(cmd, "seed")) for cmd in launched)
+    assert ran == [
+        ("scenario=cifar10_open_world", "seed=0"),
+        ("scenario=cifar10_open_world", "seed=1"),
+        ("scenario=digits_open_world", "seed=0"),
+        ("scenario=digits_open_world", "seed=1"),
+        ("scenario=digits_open_world", "seed=2"),
+    ]
+    report = (tmp_path / "r.md").read_text()
+    assert "seeds 0, 1, 2 (cifar10_open_world: 0, 1);" in report
+    assert "Complete: 0 of 5 runs." in report
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--seeds-for", "cifar10=0,1"],
+        ["--seeds-for", "cifar10_open_world=0,x"],
+        ["--seeds-for", "cifar10_open_world"],
+        ["--pretrain-epochs-for", "mnist_open_world=many"],
+    ],
+)
+def test_bad_per_scenario_option_is_one_line_and_exit_2(
+    bad: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        _main(_script(), tmp_path, monkeypatch, *bad)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fedossl_results.py: error: " + bad[0]), err
+    assert not list(tmp_path.iterdir())  # nothing written
