@@ -218,8 +218,21 @@ def final_metrics(path: Path) -> dict[str, float] | None:
     for row in rows:
         last.update(row)
     out = {k: float(last[f"eval/{k}"]) for k in KEYS if f"eval/{k}" in last}
-    out["wall_s"] = float(last.get("time/elapsed_s", 0.0))
+    out["wall_s"] = wall_s(rows)
     return out
+
+
+def wall_s(rows: list[dict[str, float]]) -> float:
+    """The run's wall seconds over all its processes.  ``time/elapsed_s`` counts on across
+    a resume, but runs resumed by older versions restarted it at zero: where it drops, the
+    earlier process's last value is added."""
+    total = prev = 0.0
+    for row in rows:
+        now = float(row.get("time/elapsed_s", prev))
+        if now < prev:
+            total += prev
+        prev = now
+    return total + prev
 
 
 def fmt(vals: list[float]) -> str:

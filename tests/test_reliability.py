@@ -123,7 +123,11 @@ def test_sigterm_checkpoints_and_stops_then_resumes(tmp_path: Path) -> None:
     assert len(_rows(run_dir)) == stopped
     resumed = _cli("resume", str(run_dir), f"rounds={stopped + 1}")
     assert resumed.returncode == 0, resumed.stderr
-    assert [r["round"] for r in _rows(run_dir)] == list(range(1, stopped + 2))
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == list(range(1, stopped + 2))
+    # the run's clock goes on from where the first process stopped, not from zero
+    before, after = rows[stopped - 1], rows[stopped]
+    assert after["time/elapsed_s"] >= before["time/elapsed_s"] + after["time/round_s"]
 
 
 def _wait_rows_no_ckpt(

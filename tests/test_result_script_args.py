@@ -87,3 +87,11 @@ def test_bad_per_scenario_option_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("fedossl_results.py: error: " + bad[0]), err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_wall_time_of_a_run_resumed_by_an_older_version_adds_its_processes() -> None:
+    wall_s = _script().wall_s
+    restarted = [{"time/elapsed_s": e} for e in (100.0, 200.0, 50.0, 120.0)]
+    assert wall_s(restarted) == 320.0  # 200 s before the resume, 120 s after
+    assert wall_s([{"time/elapsed_s": e} for e in (100.0, 200.0, 260.0)]) == 260.0
+    assert wall_s([{"round": 1}]) == 0.0

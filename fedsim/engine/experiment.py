@@ -103,6 +103,9 @@ class Experiment:
         default_factory=lambda: {"comm/bytes_up_total": 0.0, "comm/bytes_down_total": 0.0}
     )
     start_round: int = 1
+    #: wall seconds of the rounds before ``start_round`` (a resumed run's earlier
+    #: processes), so ``time/elapsed_s`` counts the whole run, not the last process
+    elapsed_before: float = 0.0
 
 
 def build_strategy(

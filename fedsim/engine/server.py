@@ -43,6 +43,8 @@ from fedsim.tracking.callbacks import (
 from fedsim.tracking.tb_layout import HPARAM_METRICS
 
 log = logging.getLogger(__name__)
+#: the run's wall seconds so far, carried across a resume in the checkpoint's counters
+ELAPSED = "time/elapsed_s"
 
 __all__ = ["run_dir_for", "run_experiment"]
 
@@ -110,6 +112,7 @@ def resume(exp: Experiment, grid: Grid) -> None:
         log.warning("this runtime cannot restore client state; clients restart empty")
     ckpt_io.restore_torch_rng(resumed.torch_rng)
     exp.totals.update({k: v for k, v in resumed.counters.items() if k in exp.totals})
+    exp.elapsed_before = resumed.counters.get(ELAPSED, 0.0)  # 0 for older checkpoints
     exp.start_round = resumed.round + 1
     if exp.selection is not None:  # rebuilt from the rounds already written
         exp.selection = Selection.replay(
@@ -119,7 +122,8 @@ def resume(exp: Experiment, grid: Grid) -> None:
     log.info("resuming from round %d (%s)", resumed.round, path)
 
 
-def save_checkpoint(exp: Experiment, grid: Grid, done: int) -> None:
+def save_checkpoint(exp: Experiment, grid: Grid, done: int, elapsed: float = 0.0) -> None:
+    """The state after round ``done``; ``elapsed``: the run's wall seconds up to it."""
     states = getattr(grid, "client_states", None)
     ckpt_io.save(
         exp.run_dir / ckpt_io.CHECKPOINT_FILE,
@@ -129,7 +133,7 @@ def save_checkpoint(exp: Experiment, grid: Grid, done: int) -> None:
             global_arrays={k: np.array(v) for k, v in numpy_from_arrays(exp.arrays).items()},
             strategy=exp.strategy.state_dict(),
             clients=states() if callable(states) else {},
-            counters=dict(exp.totals),
+            counters={**exp.totals, ELAPSED: elapsed},
             torch_rng=ckpt_io.torch_rng_state(),
         ),
     )
@@ -198,7 +202,7 @@ def run_experiment(
             t0 = time.perf_counter()
             metrics = run_round(exp, grid, rnd)
             metrics["time/round_s"] = time.perf_counter() - t0
-            metrics["time/elapsed_s"] = time.perf_counter() - t_run
+            metrics[ELAPSED] = exp.elapsed_before + time.perf_counter() - t_run
             last.update(metrics)
             for cb in cbs:
                 cb.on_round(rnd, metrics)
@@ -208,7 +212,7 @@ def run_experiment(
                     cb.on_figures(rnd, figures)
             every = cfg.checkpoint_every
             if stop.is_set() or (every > 0 and (rnd % every == 0 or rnd == cfg.rounds)):
-                save_checkpoint(exp, grid, rnd)
+                save_checkpoint(exp, grid, rnd, metrics[ELAPSED])
             if stop.is_set() and rnd < cfg.rounds:
                 raise Interrupted(stop.signum, f"signal {stop.signum} after round {rnd}")
         ckpt_io.save_model(state_from_arrays(exp.arrays), run_dir / "final_model.pt")
@@ -226,7 +230,7 @@ def run_experiment(
             or k in task_of(cfg).summary_metrics
         }
         summary["rounds"] = float(cfg.rounds)
-        summary["wall_s"] = time.perf_counter() - t_run
+        summary["wall_s"] = exp.elapsed_before + time.perf_counter() - t_run
         for cb in cbs:
             cb.on_end(summary, status)
     return last
