@@ -246,9 +246,12 @@ def _train_group(jobs: list[Job]) -> None:
                     reduction="none",
                     label_smoothing=j0.label_smoothing,
                 )
-            losses = per.view(yb.shape).float().mean(1)
+            losses = per.view(yb.shape)
+            if losses.dtype in (torch.float16, torch.bfloat16):  # autocast: sum in float32
+                losses = losses.float()
+            losses = losses.mean(1)
             if r is not None:
-                total = torch.zeros(len(yb), device=dev)
+                total = torch.zeros(len(yb), device=dev, dtype=losses.dtype)
                 for k in names:
                     total = total + (leaves[k] - r[k]).pow(2).reshape(len(yb), -1).sum(1)
                 losses = losses + 0.5 * m * total
