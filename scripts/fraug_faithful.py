@@ -6,8 +6,8 @@
 The protocol of the official FRAug Digits run (``docs/results/audit_fraug.md``) as far as
 fedsim and this machine go:
 
-* ``digits_feature_shift`` (MNIST, USPS, MNIST-M: one client per domain, ~743 training
-  images each) at 32 px, 3 channels;
+* ``digits_feature_shift`` (MNIST, USPS, MNIST-M: one client per domain, 743 training
+  images each, of which 669 train and 74 form the selection split) at 32 px, 3 channels;
 * the official input augmentation (``train.augment.recipe=fraug_digits``:
   RandomResizedCrop(0.7-1), ColorJitter 0.3, RandomGrayscale 0.1);
 * a separate 10 % selection split per client (``evaluation.validation_fraction=0.1``,
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_stats import diff_cell, final_metrics, mean_sd, paired, status
+from paired_stats import diff_cell, final_metrics, mean_sd, paired, status, wilcoxon_cell
 
 from fedsim.engine.checkpoint import CHECKPOINT_FILE
 
@@ -151,13 +151,15 @@ def summarise(strategies: list[str], seeds: list[int], rounds: int, width: float
     }
 
 
-def markdown(summary: dict[str, Any], command: str) -> str:
+def markdown(summary: dict[str, Any], command: str, doc: Path) -> str:
+    """The report; the written discussion comes from ``<doc stem>_notes.md`` beside it."""
     proto = summary["protocol"]
     per = summary["strategies"]
     lines = [
         "# FRAug vs FedBN at the faithful protocol (digits_feature_shift, 32 px)",
         "",
-        f"Produced by `{command}`; summary `fraug_faithful.json` (rewritten after every run).",
+        f"Produced by `{command}`; summary `{doc.with_suffix('.json').name}` (rewritten after "
+        "every run).",
         "",
         f"Protocol: {proto['rounds']} rounds x {proto['local_steps']} local iterations, batch "
         f"{proto['batch_size']}, SGD lr {proto['lr']}, momentum {proto['momentum']}, "
@@ -185,9 +187,9 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         for k, st in table.items():
             lines.append(
                 f"| {k} | {diff_cell(st)} | {st.get('t_p', float('nan')):.3f} "
-                f"| {st.get('wilcoxon_p', float('nan')):.3f} |"
+                f"| {wilcoxon_cell(st)} |"
             )
-    notes = ROOT / "docs" / "results" / "fraug_faithful_notes.md"
+    notes = doc.with_name(f"{doc.stem}_notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
@@ -212,7 +214,7 @@ def main() -> int:
 
     def report() -> None:
         summary = summarise(strategies, ns.seeds, ns.rounds, ns.width, ns.out)
-        ns.doc.write_text(markdown(summary, command.strip()))
+        ns.doc.write_text(markdown(summary, command.strip(), ns.doc))
         ns.doc.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
 
     if not ns.report_only:

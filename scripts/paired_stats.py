@@ -21,7 +21,8 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
     """Mean of the paired differences ``b - a``, its 95 % t interval, the paired t-test's
-    and the Wilcoxon signed-rank test's two-sided p (when there are >= 2 pairs)."""
+    and the Wilcoxon signed-rank test's two-sided p (when there are >= 2 pairs), with
+    ``wilcoxon_n``, the pairs it ranks (it drops zero differences)."""
     from scipy import stats
 
     d = [y - x for x, y in zip(a, b, strict=True)]
@@ -31,9 +32,8 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
         half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / len(d) ** 0.5
         out.update(ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
         out["t_p"] = float(stats.ttest_rel(b, a).pvalue) if sd > 0 else float("nan")
-        out["wilcoxon_p"] = (
-            float(stats.wilcoxon(d).pvalue) if any(x != 0 for x in d) else float("nan")
-        )
+        out["wilcoxon_n"] = float(sum(x != 0 for x in d))
+        out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue) if out["wilcoxon_n"] else float("nan")
     return out
 
 
@@ -41,6 +41,13 @@ def mean_sd(values: list[float]) -> str:
     """``mean ± sd`` in percent (sd with ddof = 1; 0 for one value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def wilcoxon_cell(stat: dict[str, float]) -> str:
+    """The Wilcoxon p, with the number of pairs it ranked where zero differences dropped some."""
+    p = f"{stat.get('wilcoxon_p', float('nan')):.3f}"
+    ranked = stat.get("wilcoxon_n", stat["n"])
+    return p if ranked == stat["n"] else f"{p} ({ranked:.0f} non-zero pairs)"
 
 
 def diff_cell(stat: dict[str, float]) -> str:

@@ -95,3 +95,37 @@ def test_wall_time_of_a_run_resumed_by_an_older_version_adds_its_processes() -> 
     assert wall_s(restarted) == 320.0  # 200 s before the resume, 120 s after
     assert wall_s([{"time/elapsed_s": e} for e in (100.0, 200.0, 260.0)]) == 260.0
     assert wall_s([{"round": 1}]) == 0.0
+
+
+def _scripts_module(name: str) -> ModuleType:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return module
+
+
+def test_wilcoxon_says_how_many_pairs_it_ranked() -> None:
+    ps = _scripts_module("paired_stats")
+    tied = ps.paired([0.5, 0.6, 0.7], [0.5, 0.7, 0.9])  # one zero difference
+    assert (tied["n"], tied["wilcoxon_n"]) == (3, 2)
+    assert ps.wilcoxon_cell(tied).endswith("(2 non-zero pairs)")
+    assert "pairs" not in ps.wilcoxon_cell(ps.paired([0.5, 0.6, 0.7], [0.6, 0.8, 0.9]))
+
+
+def test_a_variant_report_takes_its_own_notes_not_fraug_faithfuls(tmp_path: Path) -> None:
+    ff = _scripts_module("fraug_faithful")
+    summary = {
+        "protocol": {**ff.PROTOCOL, "rounds": 2, "width": 0.25},
+        "strategies": {"fedbn": {"seeds": [0], "per_seed": {"best/mean": [0.9]}}},
+        "paired": {},
+    }
+    doc = tmp_path / "fraug_lamg0.md"
+    assert "## Reading" not in ff.markdown(summary, "cmd", doc)
+    (tmp_path / "fraug_lamg0_notes.md").write_text("## Reading\n")
+    text = ff.markdown(summary, "cmd", doc)
+    assert "## Reading" in text and "summary `fraug_lamg0.json`" in text
