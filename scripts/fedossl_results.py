@@ -343,7 +343,10 @@ def paired_table(out: Path, seeds_of: dict[str, list[int]]) -> str:
 
 
 def summary(out: Path, seeds_of: dict[str, list[int]]) -> dict:
-    """``{scenario: {method: {seen, unseen, all, rounds, local_epochs, seeds}}}`` (mean %)."""
+    """``{scenario: {method: {seen, unseen, all, rounds, local_epochs, seeds, per_seed,
+    pseudo_acc_by_round}}}``: seed means and, in the order of ``seeds``, every complete
+    seed's final figures, in %; for the calibrated methods the pseudo-label accuracy per
+    round (mean over seeds, in %; absent before the method measures it)."""
     doc: dict = {}
     for scenario, seeds in seeds_of.items():
         doc[scenario] = {}
@@ -360,8 +363,26 @@ def summary(out: Path, seeds_of: dict[str, list[int]]) -> dict:
                 "rounds": ROUNDS,
                 "local_epochs": LOCAL_EPOCHS,
                 "seeds": sorted(got),
+                "per_seed": {
+                    k.removeprefix("acc_"): [round(100 * got[s][k], 2) for s in sorted(got)]
+                    for k in KEYS
+                    if all(k in got[s] for s in got)
+                },
             }
+            pseudo = pseudo_by_round(out, scenario, method, sorted(got))
+            if pseudo:
+                doc[scenario][method]["pseudo_acc_by_round"] = pseudo
     return doc
+
+
+def pseudo_by_round(out: Path, scenario: str, method: str, seeds: list[int]) -> dict[str, float]:
+    """``{round: mean over seeds of fedossl/pseudo_acc}`` in %, the rounds that have it."""
+    by: dict[int, list[float]] = {}
+    for s in seeds:
+        for row in rows_of(run_dir(out, scenario, method, s)):
+            if "fedossl/pseudo_acc" in row:
+                by.setdefault(int(row["round"]), []).append(float(row["fedossl/pseudo_acc"]))
+    return {str(r): round(100 * float(np.mean(v)), 2) for r, v in sorted(by.items())}
 
 
 def write_reports(out: Path, args: argparse.Namespace) -> None:
@@ -446,10 +467,18 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
         parts.append(notes.read_text())
     (REPO / args.doc).write_text("\n".join(parts))
     doc = summary(out, seeds_of)
+    protocol = {
+        "rounds": ROUNDS,
+        "local_epochs": LOCAL_EPOCHS,
+        "seeds": seeds_of,
+        "overrides": common(),
+        "scenario_overrides": {sc: BUDGETS[sc] for sc in seeds_of},
+        "pretrained": bool(PRETRAINED),
+    }
     if PRETRAINED:
         doc = {
             "protocol": {
-                "pretrained": True,
+                **protocol,
                 "pretrain_commands": {
                     sc: " ".join(pretrain_command(sc, ck, epochs_for(args, sc))[1:])
                     for sc, ck in PRETRAINED.items()
@@ -458,6 +487,8 @@ def write_reports(out: Path, args: argparse.Namespace) -> None:
             },
             **doc,
         }
+    else:
+        doc = {"protocol": protocol, **doc}
     if "fedossl" in METHODS and "fedossl_orca" in METHODS:
         doc["paired_fedossl_minus_orca"] = {
             sc: paired_rows(out, sc, seeds) for sc, seeds in seeds_of.items()

@@ -4,6 +4,7 @@ protocol its report states (no training: ``fedsim`` is replaced by a recorder)."
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,13 @@ def _main(
 def test_seeds_for_gives_a_scenario_its_own_seeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    done = tmp_path / "runs" / "digits_open_world" / "fedossl" / "seed-2"
+    done.mkdir(parents=True)
+    (done / "run.json").write_text(json.dumps({"status": "complete"}))
+    rows = [{"round": 19, "fedossl/pseudo_acc": 0.5},
+            {"round": 20, "fedossl/pseudo_acc": 0.75, "eval/acc_seen": 0.9,
+             "eval/acc_unseen": 0.6, "eval/acc_all": 0.7}]  # fmt: skip
+    (done / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     launched = _main(
         _script(), tmp_path, monkeypatch,
         "--only", "digits_open_world", "cifar10_open_world", "--methods", "fedossl",
@@ -58,12 +66,20 @@ def test_seeds_for_gives_a_scenario_its_own_seeds(
         ("scenario=cifar10_open_world", "seed=0"),
         ("scenario=cifar10_open_world", "seed=1"),
         ("scenario=digits_open_world", "seed=0"),
-        ("scenario=digits_open_world", "seed=1"),
-        ("scenario=digits_open_world", "seed=2"),
+        ("scenario=digits_open_world", "seed=1"),  # seed 2 is complete: skipped
     ]
     report = (tmp_path / "r.md").read_text()
     assert "seeds 0, 1, 2 (cifar10_open_world: 0, 1);" in report
-    assert "Complete: 0 of 5 runs." in report
+    assert "Complete: 1 of 5 runs." in report
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["protocol"]["seeds"] == {
+        "digits_open_world": [0, 1, 2],
+        "cifar10_open_world": [0, 1],
+    }
+    got = summary["digits_open_world"]["fedossl"]
+    assert got["seeds"] == [2]
+    assert got["per_seed"] == {"seen": [90.0], "unseen": [60.0], "all": [70.0]}
+    assert got["pseudo_acc_by_round"] == {"19": 50.0, "20": 75.0}
 
 
 @pytest.mark.parametrize(
