@@ -139,11 +139,14 @@ def summarise(strategies: list[str], seeds: list[int], rounds: int, width: float
         per[st] = {"seeds": done, "per_seed": {k: [r[k] for r in rows] for k in keys}}
     stats: dict[str, Any] = {}
     if done:
-        for other in (s for s in strategies if s != "fedbn"):
-            stats[f"{other}-fedbn"] = {
-                k: paired(per["fedbn"]["per_seed"][k], per[other]["per_seed"][k])
-                for k in per["fedbn"]["per_seed"]
-            }
+        pairs = [(other, "fedbn") for other in strategies if other != "fedbn"]
+        pairs += [(v, VARIANTS[v][0]) for v in strategies if v in VARIANTS]  # vs its base
+        for other, base in pairs:
+            if base in per:
+                stats[f"{other}-{base}"] = {
+                    k: paired(per[base]["per_seed"][k], per[other]["per_seed"][k])
+                    for k in per[base]["per_seed"]
+                }
     return {
         "protocol": {**PROTOCOL, "rounds": rounds, "width": width, "holdout_fraction": 0.0},
         "strategies": per,

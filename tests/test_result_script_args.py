@@ -145,3 +145,19 @@ def test_a_variant_report_takes_its_own_notes_not_fraug_faithfuls(tmp_path: Path
     (tmp_path / "fraug_lamg0_notes.md").write_text("## Reading\n")
     text = ff.markdown(summary, "cmd", doc)
     assert "## Reading" in text and "summary `fraug_lamg0.json`" in text
+
+
+def test_a_variant_is_paired_with_fedbn_and_with_its_base(tmp_path: Path) -> None:
+    ff = _scripts_module("fraug_faithful")
+    strategies = ["fedbn", "fraug", "fraug_lamg0"]
+    for i, st in enumerate(strategies):
+        for seed in (0, 1):
+            final = {"eval/acc_at_best_val": 0.9 + i / 100 + seed / 1000, "eval/acc": 0.9}
+            for d in ff.DOMAINS:
+                final[f"eval/acc_at_best_val_domain/{d}"] = final[f"eval/acc_domain/{d}"] = 0.9
+            run = ff.run_dir(tmp_path, st, seed, 0.25)
+            run.mkdir(parents=True)
+            (run / "run.json").write_text(json.dumps({"status": "complete", "final": final}))
+    summary = ff.summarise(strategies, [0, 1], 150, 0.25, tmp_path)
+    assert set(summary["paired"]) == {"fraug-fedbn", "fraug_lamg0-fedbn", "fraug_lamg0-fraug"}
+    assert summary["paired"]["fraug_lamg0-fraug"]["best/mean"]["mean_diff"] == pytest.approx(0.01)
