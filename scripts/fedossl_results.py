@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.analysis.rundirs import wall_seconds
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import mean_sd, paired, wilcoxon_cell
 
@@ -221,21 +223,8 @@ def final_metrics(path: Path) -> dict[str, float] | None:
     for row in rows:
         last.update(row)
     out = {k: float(last[f"eval/{k}"]) for k in KEYS if f"eval/{k}" in last}
-    out["wall_s"] = wall_s(rows)
+    out["wall_s"] = wall_seconds(rows)
     return out
-
-
-def wall_s(rows: list[dict[str, float]]) -> float:
-    """The run's wall seconds over all its processes.  ``time/elapsed_s`` counts on across
-    a resume, but runs resumed by older versions restarted it at zero: where it drops, the
-    earlier process's last value is added."""
-    total = prev = 0.0
-    for row in rows:
-        now = float(row.get("time/elapsed_s", prev))
-        if now < prev:
-            total += prev
-        prev = now
-    return total + prev
 
 
 def fmt(vals: list[float]) -> str:
@@ -509,26 +498,49 @@ def seeds_for(args: argparse.Namespace, scenario: str) -> list[int]:
 
 
 def per_scenario(parser: argparse.ArgumentParser, flag: str, items: list[str],
-                 value: Callable[[str], Any]) -> dict[str, Any]:  # fmt: skip
-    """``SCENARIO=VALUE`` items of ``flag``, checked: one line and exit 2 on bad input."""
+                 value: Callable[[str], Any], only: list[str]) -> dict[str, Any]:  # fmt: skip
+    """``SCENARIO=VALUE`` items of ``flag``, checked: one line and exit 2 on bad input
+    (an unknown scenario, one outside ``--only``, one given twice, or a bad value)."""
     given: dict[str, Any] = {}
     for item in items:
         scenario, sep, raw = item.partition("=")
         if not sep or scenario not in BUDGETS:
             parser.error(f"{flag} {item!r}: expected SCENARIO=VALUE with SCENARIO one of "
                          f"{', '.join(BUDGETS)}")  # fmt: skip
+        if scenario not in only:
+            parser.error(f"{flag} {item!r}: {scenario} is not among --only ({', '.join(only)})")
+        if scenario in given:
+            parser.error(f"{flag} {item!r}: {scenario} is given twice")
         try:
             given[scenario] = value(raw)
-        except ValueError:
-            parser.error(f"{flag} {item!r}: {raw!r} is not a valid value")
+        except ValueError as e:
+            parser.error(f"{flag} {item!r}: {e}")
     return given
 
 
-def _seed_list(raw: str) -> list[int]:
-    seeds = [int(s) for s in raw.split(",")]
-    if not seeds or any(s < 0 for s in seeds):
-        raise ValueError(raw)
+def seed_list(seeds: list[int]) -> list[int]:
+    """``seeds`` if they are distinct non-negative integers, at least one."""
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError("expected distinct non-negative integer seeds, at least one")
     return seeds
+
+
+def _seed_list(raw: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in raw.split(",")]
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a comma-separated list of seeds") from None
+    return seed_list(seeds)
+
+
+def _epochs(raw: str) -> int:
+    try:
+        epochs = int(raw)
+    except ValueError:
+        epochs = 0
+    if epochs <= 0:
+        raise ValueError(f"{raw!r} is not a positive number of epochs")
+    return epochs
 
 
 def main() -> None:
@@ -564,10 +576,14 @@ def main() -> None:
         "--methods", nargs="*", default=None, help="a subset of the methods (default: all)"
     )
     args = parser.parse_args()
+    try:
+        seed_list(args.seeds)
+    except ValueError as e:
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: {e}")
     args.pretrain_epochs_for = per_scenario(
-        parser, "--pretrain-epochs-for", args.pretrain_epochs_for, int
+        parser, "--pretrain-epochs-for", args.pretrain_epochs_for, _epochs, args.only
     )
-    args.seeds_for = per_scenario(parser, "--seeds-for", args.seeds_for, _seed_list)
+    args.seeds_for = per_scenario(parser, "--seeds-for", args.seeds_for, _seed_list, args.only)
     out = (REPO / args.out).resolve()
     ROUNDS, LOCAL_EPOCHS = args.rounds, args.local_epochs
     if args.methods:

@@ -437,3 +437,31 @@ def test_baseline_choice(tmp_path: Path) -> None:
         UserError, match=r"matches 2 groups; name one of: fedbn/lr=0\.05, fedbn/lr=0\.1"
     ):
         compare(tmp_path, baseline="fedbn")
+
+
+def test_wall_time_of_a_run_resumed_by_an_older_version_adds_its_processes() -> None:
+    from fedsim.analysis.rundirs import wall_seconds
+
+    restarted = [{"time/elapsed_s": e} for e in (100.0, 200.0, 50.0, 120.0)]
+    assert wall_seconds(restarted) == 320.0  # 200 s before the resume, 120 s after
+    assert wall_seconds([{"time/elapsed_s": e} for e in (100.0, 200.0, 260.0)]) == 260.0
+    assert wall_seconds([{"round": 1}]) == 0.0
+    # a restart that shows no drop: the resumed process's first round took longer than
+    # everything before it, but it ended sooner after its start than a round can
+    old = [(30.0, 29.5), (35.0, 34.8), (60.0, 24.9)]
+    assert wall_seconds([{"time/elapsed_s": e, "time/round_s": r} for e, r in old]) == 90.0
+    # today's resume: the clock goes on from the checkpoint, nothing is added
+    new = [(10.0, 9.9), (20.0, 9.8), (30.0, 9.9)]
+    assert wall_seconds([{"time/elapsed_s": e, "time/round_s": r} for e, r in new]) == 30.0
+
+
+def test_compare_reports_the_wall_time_of_every_process_of_a_resumed_run(tmp_path: Path) -> None:
+    from fedsim.analysis.comparison import run_values
+    from fedsim.analysis.rundirs import Run
+
+    rows = [
+        {"round": r, "eval/acc": 0.5, "time/elapsed_s": e, "time/round_s": 4.0}
+        for r, e in ((1, 4.0), (2, 8.0), (3, 4.5), (4, 8.5))  # resumed after round 2
+    ]
+    run = Run(path=tmp_path, group="fedavg", seed=0, status="complete", rows=rows)
+    assert run_values(run, "eval/acc", None, "total", [])["wall_s"] == 16.5

@@ -119,8 +119,11 @@ def test_sigterm_checkpoints_and_stops_then_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 143  # 128 + SIGTERM, as a shell reports it
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "interrupted"
-    stopped = ckpt_io.load(run_dir / ckpt_io.CHECKPOINT_FILE).round
+    ckpt = ckpt_io.load(run_dir / ckpt_io.CHECKPOINT_FILE)
+    stopped = ckpt.round
     assert len(_rows(run_dir)) == stopped
+    # the checkpoint carries the run's clock: the value of its own round
+    assert ckpt.counters["time/elapsed_s"] == _rows(run_dir)[-1]["time/elapsed_s"]
     resumed = _cli("resume", str(run_dir), f"rounds={stopped + 1}")
     assert resumed.returncode == 0, resumed.stderr
     rows = _rows(run_dir)

@@ -83,16 +83,25 @@ def test_seeds_for_gives_a_scenario_its_own_seeds(
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "flag"),
     [
-        ["--seeds-for", "cifar10=0,1"],
-        ["--seeds-for", "cifar10_open_world=0,x"],
-        ["--seeds-for", "cifar10_open_world"],
-        ["--pretrain-epochs-for", "mnist_open_world=many"],
+        (["--seeds-for", "cifar10=0,1"], "--seeds-for"),
+        (["--seeds-for", "cifar10_open_world=0,x"], "--seeds-for"),
+        (["--seeds-for", "cifar10_open_world"], "--seeds-for"),
+        (["--seeds-for", "cifar10_open_world=0,0"], "--seeds-for"),  # one run twice
+        (["--seeds-for", "cifar10_open_world=-1"], "--seeds-for"),
+        (["--seeds-for", "cifar10_open_world=0", "cifar10_open_world=1"], "--seeds-for"),
+        (["--only", "digits_open_world", "--seeds-for", "mnist_open_world=1"], "--seeds-for"),
+        (["--seeds", "-1"], "--seeds"),
+        (["--seeds", "1", "1"], "--seeds"),
+        (["--seeds"], "--seeds"),
+        (["--pretrain-epochs-for", "mnist_open_world=many"], "--pretrain-epochs-for"),
+        (["--pretrain-epochs-for", "mnist_open_world=0"], "--pretrain-epochs-for"),
     ],
 )
 def test_bad_per_scenario_option_is_one_line_and_exit_2(
     bad: list[str],
+    flag: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -101,16 +110,8 @@ def test_bad_per_scenario_option_is_one_line_and_exit_2(
         _main(_script(), tmp_path, monkeypatch, *bad)
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("fedossl_results.py: error: " + bad[0]), err
+    assert err[-1].startswith(f"fedossl_results.py: error: {flag} "), err
     assert not list(tmp_path.iterdir())  # nothing written
-
-
-def test_wall_time_of_a_run_resumed_by_an_older_version_adds_its_processes() -> None:
-    wall_s = _script().wall_s
-    restarted = [{"time/elapsed_s": e} for e in (100.0, 200.0, 50.0, 120.0)]
-    assert wall_s(restarted) == 320.0  # 200 s before the resume, 120 s after
-    assert wall_s([{"time/elapsed_s": e} for e in (100.0, 200.0, 260.0)]) == 260.0
-    assert wall_s([{"round": 1}]) == 0.0
 
 
 def _scripts_module(name: str) -> ModuleType:

@@ -183,6 +183,16 @@ def test_whole_epochs_of_a_batch_norm_cnn_agree_in_float64() -> None:
     _agree(seq, vec, tol=1e-9)
 
 
+@pytest.mark.usefixtures("_float64")
+def test_a_proximal_term_and_clipping_agree_in_float64() -> None:
+    # mu = 0.1 and the clipping norm are not exact in float32: the batched step must do
+    # their arithmetic in the model's dtype, as the sequential loop does
+    cfg = TrainConfig(batch_size=8, lr=0.05, momentum=0.9, clip_norm=0.5)
+    seq = _clients("mlp", [40, 30], cfg, "off", hooks=_prox(0.1), rounds=2)
+    vec = _clients("mlp", [40, 30], cfg, "on", hooks=_prox(0.1), rounds=2)
+    _agree(seq, vec, tol=1e-12)
+
+
 def test_ragged_sizes_and_step_counts() -> None:
     # 26 samples -> batches 10,10,6; 8 -> 8; 16 -> 10,6 (ragged sizes and step counts); a
     # batch-norm CNN on batches of 2-3 random samples is ill-conditioned: float noise then

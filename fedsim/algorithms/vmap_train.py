@@ -193,7 +193,8 @@ def _train_group(jobs: list[Job]) -> None:
     frozen = _stack([j.frozen for j in jobs], dev) if j0.frozen else {}
     buffers = _stack([j.buffers for j in jobs], dev) if j0.buffers else {}
     ref = _stack([j.prox_ref for j in jobs if j.prox_ref is not None], dev) if j0.prox_ref else None
-    mu = torch.tensor([j.prox_mu for j in jobs], dtype=torch.float32, device=dev)
+    dtype = next(iter(params.values())).dtype if params else torch.float32
+    mu = torch.tensor([j.prox_mu for j in jobs], dtype=dtype, device=dev)
     # every client's data once on the device; a batch is a gather of global indices
     sizes = [len(j.y) for j in jobs]
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
@@ -246,10 +247,7 @@ def _train_group(jobs: list[Job]) -> None:
                     reduction="none",
                     label_smoothing=j0.label_smoothing,
                 )
-            losses = per.view(yb.shape)
-            if losses.dtype in (torch.float16, torch.bfloat16):  # autocast: sum in float32
-                losses = losses.float()
-            losses = losses.mean(1)
+            losses = _wide(per.view(yb.shape)).mean(1)
             if r is not None:
                 total = torch.zeros(len(yb), device=dev, dtype=losses.dtype)
                 for k in names:
@@ -316,8 +314,13 @@ def _train_group(jobs: list[Job]) -> None:
         j.stats = TrainStats(totals[i] / max(1, seen[i]), counts[i], seen[i])
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is half precision (autocast), else as it is (float64 stays)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _clip_rows(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
     """``clip_grad_norm_`` for every client (row) at once: each row's global L2 norm."""
-    sq = sum(g.float().pow(2).reshape(len(g), -1).sum(1) for g in grads.values())
+    sq = sum(_wide(g).pow(2).reshape(len(g), -1).sum(1) for g in grads.values())
     coef = (max_norm / (torch.as_tensor(sq).sqrt() + 1e-6)).clamp(max=1.0)
     return {k: g * coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype) for k, g in grads.items()}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.analysis.rundirs import Run
+from fedsim.analysis.rundirs import Run, wall_seconds
 from fedsim.analysis.stats import PairedTest, higher_is_better, paired_test
 from fedsim.errors import UserError
 
@@ -58,8 +58,8 @@ def run_values(
     ``<metric>_final`` is the metric at the last round that recorded it, ``<metric>_best``
     its max (min for losses) over rounds; ``rounds_to_target`` the first round at which
     it reached ``target`` and ``bytes_to_target`` the cumulative bytes after that round;
-    ``bytes_total`` the cumulative bytes after the last round and ``wall_s`` the last
-    ``time/elapsed_s``.
+    ``bytes_total`` the cumulative bytes after the last round and ``wall_s`` the run's
+    ``time/elapsed_s`` over all its processes (:func:`wall_seconds`).
     """
     nan = math.nan
     rounds, values = run.series(metric)
@@ -79,7 +79,7 @@ def run_values(
         out[f"{other}_final"] = float(ov[-1]) if ov.size else nan
     out["bytes_total"] = cum[run.last_round] if run.rows else nan
     _, elapsed = run.series("time/elapsed_s")
-    out["wall_s"] = float(elapsed[-1]) if elapsed.size else nan
+    out["wall_s"] = wall_seconds(run.rows) if elapsed.size else nan
     return out
 
 

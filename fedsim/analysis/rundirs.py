@@ -34,6 +34,24 @@ BYTES_KEYS = {
 BYTES_WORDS = {"total": "up + down", "up": "uplink only", "down": "downlink only"}
 
 
+def wall_seconds(rows: list[dict[str, float]]) -> float:
+    """A run's wall seconds over the processes that wrote its rounds.
+
+    ``time/elapsed_s`` counts on across ``fedsim resume``, but runs resumed by older
+    versions restarted it at zero.  Within one process a round ends at least
+    ``time/round_s`` after the previous one did, so a row that ends sooner (or a drop)
+    starts a new process, and the earlier process's last value is added."""
+    total = prev = 0.0
+    for row in rows:
+        if row.get("time/elapsed_s") is None:
+            continue
+        now = float(row["time/elapsed_s"])
+        if now - float(row.get("time/round_s") or 0.0) < prev - 1e-6:
+            total += prev
+        prev = now
+    return total + prev
+
+
 @dataclass
 class Run:
     """One run directory and its per-round metrics, ascending by round."""
