@@ -31,7 +31,7 @@ import numpy as np
 from fedsim.analysis.rundirs import wall_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_stats import mean_sd, paired, wilcoxon_cell
+from paired_stats import mean_ci, mean_sd, paired, wilcoxon_cell
 
 REPO = Path(__file__).resolve().parents[1]
 FEDSIM = str(Path(sys.executable).with_name("fedsim"))
@@ -255,6 +255,14 @@ def table(out: Path, seeds_of: dict[str, list[int]]) -> str:
             cells = [fmt([m[k] for m in got if k in m]) for k in KEYS]
             wall = f"{np.mean([m['wall_s'] for m in got]):.0f}" if got else "—"
             rows.append(f"| {method} | {len(got)} | " + " | ".join(cells) + f" | {wall} |")
+        rows.append("\n95 % t interval of each mean over seeds (seen / unseen / all):\n")
+        for method in METHODS:
+            got = list(results(out, scenario, method, seeds).values())
+            cis = [mean_ci([m[f"acc_{k}"] for m in got]) for k in ("seen", "unseen", "all")]
+            text = " / ".join(
+                f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "—" for ci in cis
+            )
+            rows.append(f"* {method}: {text}")
     return "\n".join(rows) + "\n"
 
 
@@ -352,6 +360,11 @@ def summary(out: Path, seeds_of: dict[str, list[int]]) -> dict:
                 "rounds": ROUNDS,
                 "local_epochs": LOCAL_EPOCHS,
                 "seeds": sorted(got),
+                "ci95": {
+                    k: [round(100 * v, 2) for v in ci]
+                    for k in ("seen", "unseen", "all")
+                    if (ci := mean_ci([got[s][f"acc_{k}"] for s in sorted(got)])) is not None
+                },
                 "per_seed": {
                     k.removeprefix("acc_"): [round(100 * got[s][k], 2) for s in sorted(got)]
                     for k in KEYS

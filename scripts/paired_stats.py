@@ -37,6 +37,17 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
     return out
 
 
+def mean_ci(values: list[float]) -> tuple[float, float] | None:
+    """The 95 % t interval of the mean of ``values`` (None below 2 values)."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
+    mid = statistics.fmean(values)
+    return mid - half / len(values) ** 0.5, mid + half / len(values) ** 0.5
+
+
 def mean_sd(values: list[float]) -> str:
     """``mean ± sd`` in percent (sd with ddof = 1; 0 for one value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0

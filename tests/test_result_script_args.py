@@ -162,3 +162,10 @@ def test_a_variant_is_paired_with_fedbn_and_with_its_base(tmp_path: Path) -> Non
     summary = ff.summarise(strategies, [0, 1], 150, 0.25, tmp_path)
     assert set(summary["paired"]) == {"fraug-fedbn", "fraug_lamg0-fedbn", "fraug_lamg0-fraug"}
     assert summary["paired"]["fraug_lamg0-fraug"]["best/mean"]["mean_diff"] == pytest.approx(0.01)
+
+
+def test_mean_ci_is_the_t_interval_of_the_mean() -> None:
+    ps = _scripts_module("paired_stats")
+    lo, hi = ps.mean_ci([0.5, 0.7])
+    assert (lo, hi) == pytest.approx((0.6 - 12.7062 * 0.1, 0.6 + 12.7062 * 0.1), abs=1e-4)
+    assert ps.mean_ci([0.5]) is None
