@@ -248,8 +248,8 @@ def table(out: Path, seeds_of: dict[str, list[int]]) -> str:
             "| wall s/run |"
         )
         rows.append("|---|---|---|---|---|---|---|---|")
-        for method in (*METHODS, *ABLATIONS):
-            got = list(results(out, scenario, method, seeds).values())
+        found = {m: list(results(out, scenario, m, seeds).values()) for m in (*METHODS, *ABLATIONS)}
+        for method, got in found.items():
             if method in ABLATIONS and not got:
                 continue
             cells = [fmt([m[k] for m in got if k in m]) for k in KEYS]
@@ -257,7 +257,7 @@ def table(out: Path, seeds_of: dict[str, list[int]]) -> str:
             rows.append(f"| {method} | {len(got)} | " + " | ".join(cells) + f" | {wall} |")
         rows.append("\n95 % t interval of each mean over seeds (seen / unseen / all):\n")
         for method in METHODS:
-            got = list(results(out, scenario, method, seeds).values())
+            got = found[method]
             cis = [mean_ci([m[f"acc_{k}"] for m in got]) for k in ("seen", "unseen", "all")]
             text = " / ".join(
                 f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "—" for ci in cis

@@ -39,13 +39,9 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
 
 def mean_ci(values: list[float]) -> tuple[float, float] | None:
     """The 95 % t interval of the mean of ``values`` (None below 2 values)."""
-    if len(values) < 2:
-        return None
-    from scipy import stats
+    from fedsim.analysis.stats import t_interval
 
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
-    mid = statistics.fmean(values)
-    return mid - half / len(values) ** 0.5, mid + half / len(values) ** 0.5
+    return t_interval(values) if len(values) >= 2 else None
 
 
 def mean_sd(values: list[float]) -> str:

@@ -122,7 +122,7 @@ def resume(exp: Experiment, grid: Grid) -> None:
     log.info("resuming from round %d (%s)", resumed.round, path)
 
 
-def save_checkpoint(exp: Experiment, grid: Grid, done: int, elapsed: float = 0.0) -> None:
+def save_checkpoint(exp: Experiment, grid: Grid, done: int, elapsed: float) -> None:
     """The state after round ``done``; ``elapsed``: the run's wall seconds up to it."""
     states = getattr(grid, "client_states", None)
     ckpt_io.save(
