@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -151,6 +152,42 @@ def summarise(strategies: list[str], seeds: list[int], rounds: int, width: float
         "protocol": {**PROTOCOL, "rounds": rounds, "width": width, "holdout_fraction": 0.0},
         "strategies": per,
         "paired": stats,
+        "course": {st: course(out, st, done, width, rounds) for st in strategies} if done else {},
+    }
+
+
+#: windows of rounds over which ``course`` averages the test accuracy
+WINDOWS = ((1, 50), (51, 100), (101, 130), (131, 150))
+
+
+def course(out: Path, strategy: str, seeds: list[int], width: float, rounds: int) -> dict:
+    """Over the seeds: the mean test accuracy (%) per window of rounds, and the selection
+    split's behaviour: each client's best selection accuracy (%), how many rounds tie at
+    it, and the round selected (the first of them)."""
+    acc: dict[str, list[float]] = {f"{lo}-{hi}": [] for lo, hi in WINDOWS if lo <= rounds}
+    best, ties, chosen = [], [], []
+    for seed in seeds:
+        path = run_dir(out, strategy, seed, width) / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for lo, hi in WINDOWS:
+            acc_w = [r["eval/acc"] for r in rows if lo <= r["round"] <= hi and "eval/acc" in r]
+            if acc_w:
+                acc[f"{lo}-{hi}"] += acc_w
+        for key in sorted(k for k in rows[0] if k.startswith("eval/val_acc_client/")):
+            vals = [r[key] for r in rows]
+            top = max(vals)
+            best.append(100 * top)
+            ties.append(vals.count(top))
+            chosen.append(rows[vals.index(top)]["round"])
+    return {
+        "acc_by_window": {w: round(100 * statistics.fmean(v), 2) for w, v in acc.items() if v},
+        "best_val_acc": [round(min(best), 1), round(max(best), 1)],
+        "max_tied_rounds": max(ties),
+        "selected_round": {
+            "median": statistics.median(chosen),
+            "min": min(chosen),
+            "max": max(chosen),
+        },
     }
 
 
@@ -192,6 +229,23 @@ def markdown(summary: dict[str, Any], command: str, doc: Path) -> str:
                 f"| {k} | {diff_cell(st)} | {st.get('t_p', float('nan')):.3f} "
                 f"| {wilcoxon_cell(st)} |"
             )
+    if summary.get("course"):
+        windows = list(next(iter(summary["course"].values()))["acc_by_window"])
+        lines += ["", "### Course over rounds and the selection split", "",
+                  "Mean test accuracy (%) over the rounds of each window, all seeds; the "
+                  "selection split per client: best selection accuracy (min–max over "
+                  "clients and seeds), most rounds tied at it, and the round selected (the "
+                  "first best).", "",
+                  "| strategy | " + " | ".join(f"r{w}" for w in windows)
+                  + " | best selection acc | most tied rounds | selected round: median (min–max) |",
+                  "|---" * (len(windows) + 4) + "|"]  # fmt: skip
+        for st, c in summary["course"].items():
+            sel = c["selected_round"]
+            lines.append(
+                f"| {st} | " + " | ".join(f"{c['acc_by_window'][w]:.1f}" for w in windows)
+                + f" | {c['best_val_acc'][0]:.1f}–{c['best_val_acc'][1]:.1f} "
+                f"| {c['max_tied_rounds']} | {sel['median']:g} ({sel['min']}–{sel['max']}) |"
+            )  # fmt: skip
     notes = doc.with_name(f"{doc.stem}_notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]

@@ -159,7 +159,15 @@ def test_a_variant_is_paired_with_fedbn_and_with_its_base(tmp_path: Path) -> Non
             run = ff.run_dir(tmp_path, st, seed, 0.25)
             run.mkdir(parents=True)
             (run / "run.json").write_text(json.dumps({"status": "complete", "final": final}))
+            rows = [{"round": r, "eval/acc": 0.8 + r / 100, "eval/val_acc_client/0": v}
+                    for r, v in ((1, 0.5), (2, 1.0), (3, 1.0))]  # fmt: skip
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = ff.summarise(strategies, [0, 1], 150, 0.25, tmp_path)
+    course = summary["course"]["fraug"]
+    assert course["acc_by_window"] == {"1-50": 82.0}
+    assert course["best_val_acc"] == [100.0, 100.0]
+    assert course["max_tied_rounds"] == 2
+    assert course["selected_round"] == {"median": 2, "min": 2, "max": 2}  # the first best
     assert set(summary["paired"]) == {"fraug-fedbn", "fraug_lamg0-fedbn", "fraug_lamg0-fraug"}
     assert summary["paired"]["fraug_lamg0-fraug"]["best/mean"]["mean_diff"] == pytest.approx(0.01)
 
